@@ -1,0 +1,1 @@
+"""The `gemmaforge` command line: thin typer wrappers over the library functions."""

@@ -1,0 +1,112 @@
+"""`gemmaforge`: every command is a thin wrapper over a library function.
+
+Errors a user can cause (unknown preset, bad flag values, a wrong path) print one line on stderr
+and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from typer._click.exceptions import NoArgsIsHelpError
+
+from model_zoo import get_preset, preset_names
+from model_zoo.errors import GemmaforgeError
+from model_zoo.loading import describe, load
+from model_zoo.sharding import make_mesh, parse_mesh
+from runtimes.sampling import SamplerConfig
+from runtimes.text import generate_text
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Export Gemma models from JAX to StableHLO, ONNX and LiteRT.")
+zoo = typer.Typer(no_args_is_help=True, help="The model zoo: presets and their sizes.")
+app.add_typer(zoo, name="zoo")
+
+
+@zoo.command("list")
+def zoo_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List the presets with their parameter counts."""
+    rows = [describe(get_preset(name)) for name in preset_names()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<14}{'family':<8}{'layers':>7}{'d_model':>9}{'heads':>7}{'kv':>4}"
+          f"{'embedding':>16}{'non-embedding':>17}")
+    for r in rows:
+        print(f"{r['name']:<14}{r['family']:<8}{r['num_layers']:>7}{r['embed_dim']:>9}"
+              f"{r['num_heads']:>7}{r['num_kv_heads']:>4}{r['embedding_params']:>16,}"
+              f"{r['non_embedding_params']:>17,}")
+
+
+@zoo.command("show")
+def zoo_show(name: str = typer.Argument(..., help="Preset name (see `zoo list`)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show one preset."""
+    info = describe(get_preset(name))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "attention_types":
+            value = " ".join("G" if v == "global" else "L" for v in value) + "  (L local, G global)"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        print(f"{key:<{width}}  {value}")
+
+
+@app.command("generate")
+def generate_command(
+    preset: str = typer.Argument(..., help="Preset name (see `gemmaforge zoo list`)."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=0),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights and of sampling."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely (0: all)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus mass."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
+    max_len: int | None = typer.Option(None, "--max-len", min=1,
+                                       help="Cache length (default min(context, 1024))."),
+    mesh: str | None = typer.Option(None, "--mesh", help="Shard parameters on a DATAxMODEL mesh."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+) -> None:
+    """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
+    sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
+    model = load(preset, seed=seed, mesh=device_mesh)
+    result = generate_text(model, prompt, max_new_tokens=max_new_tokens, sampler=sampler,
+                           chat=chat, max_len=max_len)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    print(prompt + result.text if not chat else result.text)
+    print(f"[{result.runtime}] prompt: {len(result.prompt_ids)} tokens at "
+          f"{result.prefill_tokens_per_second:.1f} tok/s (the first call compiles); "
+          f"decode: {len(result.generated_ids)} tokens at "
+          f"{result.decode_tokens_per_second:.1f} tok/s", file=sys.stderr)
+    if model.random_weights:
+        print(f"note: no checkpoint for {preset}: these are {model.source}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="gemmaforge", standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        print(error.ctx.get_help())
+        sys.exit(2)
+    except typer.Exit as stop:
+        sys.exit(stop.exit_code)
+    except typer.Abort:
+        print("gemmaforge: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as error:
+        print(f"gemmaforge: error: {error.format_message()}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except GemmaforgeError as error:
+        print(f"gemmaforge: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,116 @@
+"""The fused ops, defined once as `jax.lax.composite` regions with stable names and attributes.
+
+Each format writer maps a composite to its own fused op (LiteRT's XNNPACK delegate recognises
+`odml.scaled_dot_product_attention`, the GPU delegate `odml.rms_norm`); a consumer that does not
+know one runs its decomposition, which is exactly the plain computation below.
+
+Every op takes `fused`: True wraps the computation in the composite, False traces the plain
+decomposition. Composites fail under symbolic shapes and multi-platform lowering
+(jax-ml/jax#40486), so the exporter turns them off there. Both modes give identical numbers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+SDPA = "odml.scaled_dot_product_attention"
+RMS_NORM = "odml.rms_norm"
+KV_CACHE_UPDATE = "gemmaforge.kv_cache_update"
+COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE)
+
+# Added to the logits of masked keys. Finite, so that a fully masked row (padding) stays NaN-free;
+# float32's lowest value, which tanh soft-capping is applied before, so it is never capped.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def _rms_norm(x: jax.Array, weight: jax.Array, *, epsilon: float) -> jax.Array:
+    """x [..., D] normalised over D in float32, times weight [D]; result in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    normed = x32 * lax.rsqrt(variance + epsilon)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def _sdpa(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float,
+          logit_cap: float | None = None) -> jax.Array:
+    """Grouped-query attention in the layout LiteRT's XNNPACK delegate expects.
+
+    Args:
+      q: queries [B, T, N, H].
+      k, v: keys and values [B, S, K, H], N a multiple of K.
+      mask: additive mask [B, 1, T, S] (0 visible, MASK_VALUE hidden).
+      scale: multiplies the query-key logits.
+      logit_cap: soft-cap of the logits (cap * tanh(x / cap)), applied before the mask.
+    Returns:
+      [B, T, N, H] in q's dtype.
+    """
+    b, t, n, h = q.shape
+    groups = n // k.shape[2]
+    # [B, T, K, G, H]
+    q = q.reshape(b, t, k.shape[2], groups, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32) * scale
+    if logit_cap is not None:
+        logits = jnp.tanh(logits / logit_cap) * logit_cap
+    # mask [B, 1, T, S] -> [B, 1, 1, T, S]
+    logits = logits + mask[:, :, None].astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    # [B, T, N, H]
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def _kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_new: jax.Array,
+                     v_new: jax.Array, *, kv_cache_max: int) -> tuple[jax.Array, jax.Array]:
+    """Writes T new entries into each cache row at its own start slot.
+
+    Args:
+      k_cache, v_cache: [B, K, S, H] with S == kv_cache_max.
+      start: int32 [B], first slot written in each row.
+      k_new, v_new: [B, K, T, H].
+    Returns:
+      The updated (k_cache, v_cache).
+    """
+    del kv_cache_max  # an attribute for consumers; the shapes already carry it
+    if k_cache.shape[0] == 1:
+        # One row (every on-device signature): a plain dynamic_update_slice, no scatter.
+        index = (0, 0, start[0], 0)
+        return (lax.dynamic_update_slice(k_cache, k_new.astype(k_cache.dtype), index),
+                lax.dynamic_update_slice(v_cache, v_new.astype(v_cache.dtype), index))
+
+    def write_row(cache, new, row_start):
+        return lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, row_start, 0))
+
+    return (jax.vmap(write_row)(k_cache, k_new, start),
+            jax.vmap(write_row)(v_cache, v_new, start))
+
+
+_rms_norm_composite = lax.composite(_rms_norm, name=RMS_NORM)
+_sdpa_composite = lax.composite(_sdpa, name=SDPA)
+_kv_cache_update_composite = lax.composite(_kv_cache_update, name=KV_CACHE_UPDATE)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, *, epsilon: float, fused: bool) -> jax.Array:
+    """RMSNorm of x [..., D] with the full multiplier `weight` [D] (Gemma's 1 + w, folded)."""
+    op = _rms_norm_composite if fused else _rms_norm
+    return op(x, weight, epsilon=epsilon)
+
+
+def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                                 scale: float, logit_cap: float | None,
+                                 fused: bool) -> jax.Array:
+    """See `_sdpa`. `logit_cap` None leaves the attribute out of the composite."""
+    op = _sdpa_composite if fused else _sdpa
+    attributes = {"scale": float(scale)}
+    if logit_cap is not None:
+        attributes["logit_cap"] = float(logit_cap)
+    return op(q, k, v, mask, **attributes)
+
+
+def kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_new: jax.Array,
+                    v_new: jax.Array, *, fused: bool) -> tuple[jax.Array, jax.Array]:
+    """See `_kv_cache_update`."""
+    op = _kv_cache_update_composite if fused else _kv_cache_update
+    return op(k_cache, v_cache, start, k_new, v_new, kv_cache_max=int(k_cache.shape[2]))

@@ -1,0 +1,133 @@
+"""The model configuration: one frozen dataclass, with every per-layer choice held as data.
+
+A Gemma model is fully described by `ModelConfig`. Per-layer behaviour (local sliding-window or
+global attention, the RoPE base of each) comes from `attention_pattern`, repeated over the layers,
+never from `if layer_idx % 2` inside a layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import math
+
+from model_zoo.errors import GemmaforgeError
+
+
+class Family(enum.Enum):
+    """The Gemma generation: fixes norm placement, soft-capping and QK-norm defaults."""
+
+    GEMMA1 = "gemma1"
+    GEMMA2 = "gemma2"
+    GEMMA3 = "gemma3"
+
+
+class AttentionType(enum.Enum):
+    """Global attention sees the whole causal prefix; local sees only the last `sliding_window`."""
+
+    GLOBAL = "global"
+    LOCAL = "local"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What differs between layers of one model, derived from the config."""
+
+    attention_type: AttentionType
+    window: int | None  # keys with query_pos - key_pos < window are visible; None: unbounded
+    rope_base: float
+    rope_scale: float  # positions are divided by this before the rotation
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Gemma decoder.
+
+    Attributes:
+      name: preset name (informational).
+      family: Gemma generation.
+      vocab_size: V, rows of the tied embedding.
+      embed_dim: D, the residual width.
+      num_layers: L.
+      num_heads: N query heads.
+      num_kv_heads: K key/value heads (1: MQA, N: MHA, else GQA).
+      head_dim: H.
+      hidden_dim: F, width of EACH GeGLU branch (the papers' "feedforward dim" counts both).
+      attention_pattern: attention types repeated cyclically over the layers (layer 0 first).
+      sliding_window: W for local layers.
+      rope_base_global / rope_base_local: RoPE wavelength base per attention type.
+      rope_scale_global: linear position scaling of global layers (1.0: none).
+      query_pre_attn_scalar: queries are scaled by query_pre_attn_scalar ** -0.5.
+      attn_logit_softcap / final_logit_softcap: cap * tanh(x / cap), None to disable.
+      use_post_attn_norm / use_post_ffw_norm: Gemma 2/3 norm "sandwich".
+      use_qk_norm: RMSNorm over head_dim on queries and keys (Gemma 3).
+      max_context: the context length the model was trained for.
+      norm_eps: RMSNorm epsilon.
+      bos_id / eos_id / pad_id: special token ids shared by every Gemma vocabulary.
+    """
+
+    name: str
+    family: Family
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    attention_pattern: tuple[AttentionType, ...]
+    sliding_window: int | None
+    rope_base_global: float
+    rope_base_local: float
+    query_pre_attn_scalar: float
+    attn_logit_softcap: float | None
+    final_logit_softcap: float | None
+    use_post_attn_norm: bool
+    use_post_ffw_norm: bool
+    use_qk_norm: bool
+    max_context: int
+    rope_scale_global: float = 1.0
+    norm_eps: float = 1e-6
+    bos_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for field in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads",
+                      "head_dim", "hidden_dim", "max_context"):
+            if getattr(self, field) <= 0:
+                problems.append(f"{field} must be positive, got {getattr(self, field)}")
+        if self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads:
+            problems.append(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})")
+        if self.head_dim % 2:
+            problems.append(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if not self.attention_pattern:
+            problems.append("attention_pattern must name at least one attention type")
+        if AttentionType.LOCAL in self.attention_pattern and not self.sliding_window:
+            problems.append("a LOCAL attention layer needs sliding_window > 0")
+        if problems:
+            raise GemmaforgeError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def attention_types(self) -> tuple[AttentionType, ...]:
+        """The attention type of every layer, the pattern repeated over `num_layers`."""
+        return tuple(itertools.islice(itertools.cycle(self.attention_pattern), self.num_layers))
+
+    def layer(self, index: int) -> LayerSpec:
+        """The per-layer spec of layer `index`."""
+        kind = self.attention_types[index]
+        if kind is AttentionType.LOCAL:
+            return LayerSpec(kind, self.sliding_window, self.rope_base_local, 1.0)
+        return LayerSpec(kind, None, self.rope_base_global, self.rope_scale_global)
+
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(self.layer(i) for i in range(self.num_layers))
+
+    @property
+    def query_scale(self) -> float:
+        return 1.0 / math.sqrt(self.query_pre_attn_scalar)

@@ -1,0 +1,79 @@
+"""Tokenizers and the Gemma chat template.
+
+`GemmaTokenizer` (in `model_zoo.spm`) is the real SentencePiece tokenizer. `ByteTokenizer` is for
+models without one — the tiny test presets and random-weight runs of the large presets: the four
+Gemma special ids, the two turn markers, then one id per byte.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+START_OF_TURN = "<start_of_turn>"
+END_OF_TURN = "<end_of_turn>"
+
+
+class Tokenizer(Protocol):
+    """Text <-> ids. `stop_ids` end a generated turn (`<end_of_turn>` and `<eos>`)."""
+
+    bos_id: int
+    eos_id: int
+    vocab_size: int
+
+    def encode(self, text: str, *, add_bos: bool = True) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]: ...
+
+
+def chat_prompt(user_text: str) -> str:
+    """One user turn in the Gemma chat format, ending where the model's turn begins.
+
+    Gemma 1, 2 and 3 share it (the model ends its turn with `<end_of_turn>`).
+    """
+    return f"{START_OF_TURN}user\n{user_text}{END_OF_TURN}\n{START_OF_TURN}model\n"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids. pad 0, eos 1, bos 2, unk 3 (Gemma's), turn markers 4 and 5."""
+
+    SPECIALS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, START_OF_TURN: 4, END_OF_TURN: 5}
+    BYTE_OFFSET = 6
+    bos_id = 2
+    eos_id = 1
+    vocab_size = BYTE_OFFSET + 256
+
+    _special_pattern = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+    _turn_markers = {4: START_OF_TURN, 5: END_OF_TURN}
+
+    def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+        ids = [self.bos_id] if add_bos else []
+        for piece in self._special_pattern.split(text):
+            if piece in self.SPECIALS:
+                ids.append(self.SPECIALS[piece])
+            else:
+                ids.extend(self.BYTE_OFFSET + b for b in piece.encode("utf-8"))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Bytes back to text; turn markers as their names, pad/eos/bos/unk dropped."""
+        out, pending = [], bytearray()
+        for i in ids:
+            if self.BYTE_OFFSET <= i < self.vocab_size:
+                pending.append(i - self.BYTE_OFFSET)
+                continue
+            out.append(pending.decode("utf-8", errors="replace"))
+            pending = bytearray()
+            if i in self._turn_markers:
+                out.append(self._turn_markers[i])
+            elif i >= self.vocab_size:
+                out.append("\N{REPLACEMENT CHARACTER}")
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.SPECIALS[END_OF_TURN], self.eos_id)

@@ -1,0 +1,35 @@
+"""Developer sessions. `nox -s tests` is the README's test command and what CI runs."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_venv = "yes"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite, real-model tests (marked slow) included. Pass `-- -m "not slow"` for the
+    fast part alone."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-ra", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded default model, gemma3-270m from the package index."""
+    session.install("-e", ".")
+    session.run("gemmaforge", "generate", "gemma3-270m", "--prompt", "The capital of France is",
+                "--max-new-tokens", "24", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed and memory benchmarks; medians over several runs, written to out/bench/."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

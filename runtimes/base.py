@@ -1,0 +1,97 @@
+"""The Runner protocol every runtime implements, and generation written once on top of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from model_zoo.errors import GemmaforgeError
+from runtimes.sampling import GREEDY, Sampler, SamplerConfig
+
+
+class Runner(Protocol):
+    """One sequence at a time on one runtime.
+
+    `prefill` starts a new sequence from the prompt ids (BOS included) and returns the float32
+    logits [V] after its last token; `decode` appends one token and returns the next logits [V].
+    `max_len` is the cache length: prompt plus generated tokens must fit in it.
+    """
+
+    name: str
+    max_len: int
+
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
+
+    def decode(self, token: int) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What `generate` produced and how long it took.
+
+    Attributes:
+      prompt_ids: the prompt as fed (BOS included).
+      generated_ids: new tokens, the stop token included when one ended the turn.
+      stop_reason: "stop_token" or "max_new_tokens".
+      prefill_seconds: wall time of the prefill.
+      decode_seconds: wall time of every decode step but the first (which may compile).
+      timed_decode_steps: how many steps `decode_seconds` covers.
+    """
+
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    stop_reason: str
+    prefill_seconds: float
+    decode_seconds: float
+    timed_decode_steps: int
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return len(self.prompt_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.timed_decode_steps / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
+             stop_ids: Sequence[int] = (), sampler: SamplerConfig = GREEDY) -> Generation:
+    """Prefills `prompt_ids`, then samples up to `max_new_tokens`, stopping at any `stop_ids`."""
+    if max_new_tokens < 0:
+        raise GemmaforgeError(f"max new tokens must be >= 0, got {max_new_tokens}")
+    if not prompt_ids:
+        raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
+    needed = len(prompt_ids) + max_new_tokens
+    if needed > runner.max_len:
+        raise GemmaforgeError(
+            f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens need {needed} cache "
+            f"slots but {runner.name} was built with {runner.max_len}; raise --max-len or ask "
+            "for fewer tokens")
+    pick = Sampler(sampler)
+    stops = set(stop_ids)
+    start = time.perf_counter()
+    logits = runner.prefill(list(prompt_ids))
+    prefill_seconds = time.perf_counter() - start
+
+    generated: list[int] = []
+    decode_seconds, timed = 0.0, 0
+    stop_reason = "max_new_tokens"
+    while len(generated) < max_new_tokens:
+        token = pick(logits)
+        generated.append(token)
+        if token in stops:
+            stop_reason = "stop_token"
+            break
+        if len(generated) == max_new_tokens:
+            break
+        start = time.perf_counter()
+        logits = runner.decode(token)
+        if len(generated) > 1:
+            decode_seconds += time.perf_counter() - start
+            timed += 1
+    return Generation(list(prompt_ids), generated, stop_reason, prefill_seconds, decode_seconds,
+                      timed)

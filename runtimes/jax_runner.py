@@ -1,0 +1,44 @@
+"""The reference runner: the JAX model itself, on whatever backend JAX has (sharded or not)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model_zoo import inference
+from model_zoo.cache import KVCache
+from model_zoo.config import ModelConfig
+from model_zoo.sharding import replicated_like
+from model_zoo.transformer import Params
+
+
+class JaxRunner:
+    """Runs `model_zoo` directly: the numbers every artifact is compared with."""
+
+    name = "jax"
+
+    def __init__(self, config: ModelConfig, params: Params, *, max_len: int,
+                 fused: bool = True):
+        self.config = config
+        self.params = params
+        self.max_len = max_len
+        self.fused = fused
+        self._cache: KVCache | None = None
+        self._position = 0
+
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        cache = KVCache.create(self.config, 1, self.max_len,
+                               sharding=replicated_like(self.params))
+        logits, self._cache, lengths = inference.prefill(
+            self.config, self.params, [list(prompt_ids)], cache, fused=self.fused)
+        self._position = int(lengths[0])
+        return np.asarray(logits[0])
+
+    def decode(self, token: int) -> np.ndarray:
+        if self._cache is None:
+            raise RuntimeError("decode before prefill: call prefill(prompt_ids) first")
+        logits, self._cache = inference.decode(self.config, self.params, [token],
+                                               [self._position], self._cache, fused=self.fused)
+        self._position += 1
+        return np.asarray(logits[0])

@@ -1,0 +1,15 @@
+"""Numerical tolerances, named once, per precision and per kind of comparison (max abs error of
+float32 logits unless said otherwise).
+
+- SAME_MATH_FLOAT32: one implementation run on another schedule — decode steps against the full
+  sequence, chunked against one-shot prefill, sharded against one device, fused composites
+  against their decomposition. Only float32 summation order differs.
+- INDEPENDENT_FLOAT32: our model against an implementation nobody here wrote (HF transformers in
+  PyTorch) on tiny random configs, float32.
+- REAL_MODEL_FLOAT32: the real Gemma 3 270M against the HF float32 reference logits shipped in
+  shared/refs (logits of magnitude ~30, 18 layers of float32 accumulation).
+"""
+
+SAME_MATH_FLOAT32 = 1e-5
+INDEPENDENT_FLOAT32 = 1e-4
+REAL_MODEL_FLOAT32 = 2e-3

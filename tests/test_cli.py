@@ -1,0 +1,89 @@
+"""The `gemmaforge` command line: JSON shapes, readable output, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli.app import main
+from tests.test_config import PAPER_TABLE_2
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def test_zoo_list_json(capsys):
+    code, out, _ = run(capsys, "zoo", "list", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert {"gemma3-270m", "tiny-gemma1", "tiny-gemma2", "tiny-gemma3"} <= set(rows)
+    for name, (embedding, non_embedding) in PAPER_TABLE_2.items():
+        assert rows[name]["embedding_params"] == embedding
+        assert rows[name]["non_embedding_params"] == non_embedding
+    assert rows["gemma2-9b"]["family"] == "gemma2"
+
+
+def test_zoo_show_is_readable(capsys):
+    code, out, _ = run(capsys, "zoo", "show", "gemma2-27b")
+    assert code == 0
+    assert "query_pre_attn_scalar  144" in out
+    assert "26,047,480,320" in out
+
+
+def test_generate_json_on_random_weights(capsys):
+    code, out, err = run(capsys, "generate", "tiny-gemma2", "--prompt", "Hello", "-n", "6",
+                         "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["prompt_ids"][0] == 2 and len(result["prompt_ids"]) == 6  # BOS + 5 bytes
+    assert len(result["generated_ids"]) == 6
+    assert result["weights"] == "random weights (seed 0)"
+    assert isinstance(result["text"], str)
+
+
+def test_generate_says_when_weights_are_random(capsys):
+    code, out, err = run(capsys, "generate", "tiny-gemma1", "--prompt", "Hi", "-n", "3")
+    assert code == 0
+    assert "random weights" in err and "tok/s" in err
+    assert out.startswith("Hi")
+
+
+def test_sampling_is_seeded(capsys):
+    args = ("generate", "tiny-gemma3", "-p", "abc", "-n", "8", "--temperature", "1.5", "--json")
+    first = json.loads(run(capsys, *args, "--seed", "1")[1])["generated_ids"]
+    again = json.loads(run(capsys, *args, "--seed", "1")[1])["generated_ids"]
+    assert first == again
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("generate", "gemma9-1b", "-p", "x"), "unknown preset 'gemma9-1b'"),
+    (("generate", "tiny-gemma2", "-p", "x", "--top-p", "3"), "--top-p"),
+    (("generate", "tiny-gemma2", "-p", "x", "-n", "-1"), "--max-new-tokens"),
+    (("generate", "tiny-gemma2", "-p", "x", "-n", "500"), "raise --max-len"),
+    (("generate", "tiny-gemma2", "-p", "x", "--mesh", "3x"), "DATAxMODEL"),
+    (("generate", "tiny-gemma2", "--bogus"), "No such option"),
+    (("zoo", "show", "nothing"), "unknown preset"),
+])
+def test_user_errors_are_one_line(capsys, args, message):
+    code, out, err = run(capsys, *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gemmaforge: error:")
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_console_script_and_mesh_flag():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    bin_dir = os.path.dirname(sys.executable)
+    done = subprocess.run(
+        [os.path.join(bin_dir, "gemmaforge"), "generate", "tiny-gemma3", "-p", "hi", "-n", "4",
+         "--mesh", "2x4", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["generated_ids"]) == 4
