@@ -59,8 +59,15 @@ def zoo_show(name: str = typer.Argument(..., help="Preset name (see `zoo list`).
 
 @app.command("generate")
 def generate_command(
-    preset: str = typer.Argument(..., help="Preset name (see `gemmaforge zoo list`)."),
+    preset: str | None = typer.Argument(
+        None, help="Preset name (see `gemmaforge zoo list`); optional with an HF folder."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", "-c",
+        help="GGUF file, HF folder, .safetensors file or Orbax directory (default: the "
+             "preset's packaged weights)."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer",
+                                         help="SentencePiece tokenizer.model to use."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=0),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights and of sampling."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
@@ -75,7 +82,8 @@ def generate_command(
     """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
-    model = load(preset, seed=seed, mesh=device_mesh)
+    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
+                 mesh=device_mesh)
     result = generate_text(model, prompt, max_new_tokens=max_new_tokens, sampler=sampler,
                            chat=chat, max_len=max_len)
     if as_json:
@@ -87,7 +95,8 @@ def generate_command(
           f"decode: {len(result.generated_ids)} tokens at "
           f"{result.decode_tokens_per_second:.1f} tok/s", file=sys.stderr)
     if model.random_weights:
-        print(f"note: no checkpoint for {preset}: these are {model.source}", file=sys.stderr)
+        print(f"note: no checkpoint for {model.config.name}: these are {model.source}",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

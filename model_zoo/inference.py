@@ -21,11 +21,15 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, apply
 
 
-@functools.partial(jax.jit, static_argnames=("config", "fused"))
+@functools.partial(jax.jit, static_argnames=("config", "fused"), donate_argnames=("cache",))
 def step(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
          cache: KVCache, logits_index: jax.Array, *,
          fused: bool = True) -> tuple[jax.Array, KVCache]:
-    """One jitted forward over T tokens per row; logits [B, V] at `logits_index` [B] only."""
+    """One jitted forward over T tokens per row; logits [B, V] at `logits_index` [B] only.
+
+    The cache is donated: its buffers are updated in place and the `cache` passed in must not
+    be used again (the same holds for `prefill` and `decode`, which call this).
+    """
     logits, cache = apply(config, params, tokens, positions, cache, fused=fused,
                           logits_index=logits_index)
     return logits[:, 0], cache

@@ -1,17 +1,31 @@
-"""`load`: a preset name (and optionally a checkpoint) to a ready model: config, parameters and
-tokenizer, sharded on a mesh when one is given."""
+"""`load`: a preset name and/or a checkpoint to a ready model — config, float32 parameters
+(sharded when a mesh is given) and tokenizer."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import psutil
 from jax.sharding import Mesh
 
-from model_zoo.config import ModelConfig
+from model_zoo.checkpoints.default import default_checkpoint
+from model_zoo.checkpoints.formats import CheckpointFormat, detect_format
+from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
+from model_zoo.checkpoints.hf_config import config_from_hf
+from model_zoo.checkpoints.orbax_reader import read_orbax
+from model_zoo.checkpoints.safetensors_reader import (
+    check_same_architecture,
+    read_config,
+    read_safetensors,
+    safetensors_files,
+)
+from model_zoo.config import Family, ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.presets import get_preset
-from model_zoo.sharding import init_sharded
+from model_zoo.sharding import shardings
+from model_zoo.spm import GemmaTokenizer
 from model_zoo.tokenizer import ByteTokenizer, Tokenizer
 from model_zoo.transformer import Params, count_params, init_params
 
@@ -27,8 +41,9 @@ class LoadedModel:
       config: the architecture.
       params: float32 parameters (sharded when loaded with a mesh).
       tokenizer: text <-> ids.
-      source: where the weights came from, in words ("random weights (seed 0)", a path).
+      source: where the weights came from, in words.
       random_weights: True when no checkpoint was used.
+      checkpoint: the checkpoint path, None for random weights.
     """
 
     config: ModelConfig
@@ -36,6 +51,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: str
     random_weights: bool
+    checkpoint: str | None = None
 
 
 def describe(config: ModelConfig) -> dict:
@@ -68,8 +84,10 @@ def describe(config: ModelConfig) -> dict:
     }
 
 
-def load_random(config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None) -> LoadedModel:
-    """Seeded random float32 weights, refused with a clear error when they cannot fit in memory."""
+def load_random(config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None,
+                tokenizer: Tokenizer | None = None) -> LoadedModel:
+    """Seeded random float32 weights, refused with a clear error when they cannot fit in memory.
+    The tokenizer defaults to the byte tokenizer (its ids fit every vocabulary)."""
     needed = 4 * sum(count_params(config))
     available = psutil.virtual_memory().available
     if needed > MAX_MEMORY_SHARE * available:
@@ -77,11 +95,75 @@ def load_random(config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None)
             f"{config.name} with random float32 weights needs {needed / 2**30:.1f} GiB but "
             f"{available / 2**30:.1f} GiB of memory is available; pick a smaller preset "
             "(see `gemmaforge zoo list`)")
-    params = (init_params(config, seed) if mesh is None
-              else init_sharded(config, mesh, seed))
-    return LoadedModel(config, params, ByteTokenizer(), f"random weights (seed {seed})", True)
+    params = init_params(config, seed, shardings=shardings(config, mesh) if mesh else None)
+    return LoadedModel(config, params, tokenizer or ByteTokenizer(),
+                       f"random weights (seed {seed})", True)
 
 
-def load(preset: str, *, seed: int = 0, mesh: Mesh | None = None) -> LoadedModel:
-    """The preset `preset` with its weights."""
-    return load_random(get_preset(preset), seed=seed, mesh=mesh)
+def load(preset: str | None = None, *, checkpoint: str | os.PathLike | None = None,
+         tokenizer: str | os.PathLike | None = None, seed: int = 0,
+         mesh: Mesh | None = None) -> LoadedModel:
+    """The model named by `preset` and/or `checkpoint`.
+
+    Args:
+      preset: a preset name; its packaged checkpoint is used when `checkpoint` is None, and
+        seeded random weights when it has none.
+      checkpoint: a GGUF file, a Hugging Face folder (its config.json stands in for a missing
+        preset), a .safetensors file or a gemma-library Orbax directory.
+      tokenizer: a SentencePiece `tokenizer.model`, overriding the checkpoint's own.
+      seed: the seed of random weights.
+      mesh: shard the parameters on this (data, model) mesh.
+    """
+    config = get_preset(preset) if preset is not None else None
+    explicit_tokenizer = GemmaTokenizer.from_file(tokenizer) if tokenizer is not None else None
+    if checkpoint is None:
+        if config is None:
+            raise GemmaforgeError("name a preset or pass --checkpoint")
+        checkpoint = default_checkpoint(config.name)
+        if checkpoint is None:
+            return load_random(config, seed=seed, mesh=mesh, tokenizer=explicit_tokenizer)
+    path = Path(checkpoint)
+    kind = detect_format(path)
+    own_tokenizer = None
+    if kind is CheckpointFormat.HF_FOLDER:
+        from_file = config_from_hf(read_config(path), name=path.name)
+        if config is None:
+            config = from_file
+        else:
+            check_same_architecture(config, from_file, path)
+        params = read_safetensors(safetensors_files(path), config, str(path),
+                                  _shardings(config, mesh))
+        if (path / "tokenizer.model").exists():
+            own_tokenizer = GemmaTokenizer.from_file(path / "tokenizer.model")
+    else:
+        if config is None:
+            raise GemmaforgeError(f"{path} is a {kind.value} checkpoint, which does not say which "
+                                  "model it is: name the preset too")
+        if kind is CheckpointFormat.GGUF:
+            gguf_file = GGUFCheckpoint(path)
+            params = gguf_file.params(config, _shardings(config, mesh))
+            own_tokenizer = gguf_file.tokenizer()
+        elif kind is CheckpointFormat.ORBAX:
+            params = read_orbax(path, config, _shardings(config, mesh))
+        else:
+            params = read_safetensors([path], config, str(path), _shardings(config, mesh))
+    chosen = explicit_tokenizer or own_tokenizer or _family_tokenizer(config)
+    if chosen.vocab_size > config.vocab_size:
+        raise GemmaforgeError(f"the tokenizer has {chosen.vocab_size} tokens but {config.name}'s "
+                              f"embedding only {config.vocab_size}: wrong tokenizer?")
+    return LoadedModel(config, params, chosen, f"{path} ({kind.value}, float32)", False,
+                       str(path))
+
+
+def _shardings(config: ModelConfig, mesh: Mesh | None) -> Params | None:
+    return shardings(config, mesh) if mesh is not None else None
+
+
+def _family_tokenizer(config: ModelConfig) -> GemmaTokenizer:
+    """Gemma 3 models share one vocabulary: the packaged gemma3-270m GGUF carries it."""
+    if config.family is Family.GEMMA3:
+        packaged = default_checkpoint("gemma3-270m")
+        if packaged is not None:
+            return GGUFCheckpoint(packaged).tokenizer()
+    raise GemmaforgeError(f"the checkpoint carries no tokenizer for {config.name}: pass "
+                          "--tokenizer PATH/tokenizer.model")

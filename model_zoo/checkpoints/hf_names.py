@@ -17,31 +17,41 @@ from model_zoo.tree import ParamPath, get_path
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one HF tensor becomes one of ours and back. `same` is True when nothing moves, so a
+    reader may fill our buffer row by row."""
+
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    same: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorMap:
     """One HF tensor <-> one of our parameters.
 
     Attributes:
       path: where the parameter sits in our tree.
       hf_shape: the tensor's shape in the HF checkpoint.
-      to_ours: HF array -> our layout.
-      to_hf: our layout -> HF array.
+      layout: the conversion both ways.
     """
 
     path: ParamPath
     hf_shape: tuple[int, ...]
-    to_ours: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
+    layout: Layout
+
+    def to_ours(self, array: np.ndarray) -> np.ndarray:
+        return self.layout.to_ours(array)
+
+    def to_hf(self, array: np.ndarray) -> np.ndarray:
+        return self.layout.to_hf(array)
 
 
-def _same() -> tuple[Callable, Callable]:
-    return (lambda w: w), (lambda w: w)
+SAME = Layout(lambda w: w, lambda w: w, same=True)
+TRANSPOSED = Layout(lambda w: w.T, lambda w: w.T)
 
 
-def _transposed() -> tuple[Callable, Callable]:
-    return (lambda w: w.T), (lambda w: w.T)
-
-
-def _heads_in(heads: int, head_dim: int) -> tuple[Callable, Callable]:
+def _heads_in(heads: int, head_dim: int) -> Layout:
     """HF [heads * H, D] <-> ours [D, heads, H]."""
     def to_ours(w):
         # [heads * H, D] -> [D, heads * H] -> [D, heads, H]
@@ -51,10 +61,10 @@ def _heads_in(heads: int, head_dim: int) -> tuple[Callable, Callable]:
         # [D, heads, H] -> [D, heads * H] -> [heads * H, D]
         return w.reshape(w.shape[0], heads * head_dim).T
 
-    return to_ours, to_hf
+    return Layout(to_ours, to_hf)
 
 
-def _heads_out(heads: int, head_dim: int) -> tuple[Callable, Callable]:
+def _heads_out(heads: int, head_dim: int) -> Layout:
     """HF o_proj [D, N * H] <-> ours [N, H, D]."""
     def to_ours(w):
         # [D, N * H] -> [N * H, D] -> [N, H, D]
@@ -64,7 +74,7 @@ def _heads_out(heads: int, head_dim: int) -> tuple[Callable, Callable]:
         # [N, H, D] -> [N * H, D] -> [D, N * H]
         return w.reshape(heads * head_dim, w.shape[2]).T
 
-    return to_ours, to_hf
+    return Layout(to_ours, to_hf)
 
 
 def hf_tensor_map(config: ModelConfig, prefix: str = "model.") -> dict[str, TensorMap]:
@@ -73,11 +83,11 @@ def hf_tensor_map(config: ModelConfig, prefix: str = "model.") -> dict[str, Tens
                      config.hidden_dim)
     table: dict[str, TensorMap] = {}
 
-    def add(name: str, path: ParamPath, hf_shape: tuple[int, ...], convert) -> None:
-        table[prefix + name] = TensorMap(path, hf_shape, *convert)
+    def add(name: str, path: ParamPath, hf_shape: tuple[int, ...], layout: Layout) -> None:
+        table[prefix + name] = TensorMap(path, hf_shape, layout)
 
-    add("embed_tokens.weight", ("embedder", "embedding"), (config.vocab_size, d), _same())
-    add("norm.weight", ("final_norm", "scale"), (d,), _same())
+    add("embed_tokens.weight", ("embedder", "embedding"), (config.vocab_size, d), SAME)
+    add("norm.weight", ("final_norm", "scale"), (d,), SAME)
     for i in range(config.num_layers):
         layer = f"layers.{i}."
         add(layer + "self_attn.q_proj.weight", ("layers", i, "attn", "q_proj"), (n * h, d),
@@ -90,27 +100,27 @@ def hf_tensor_map(config: ModelConfig, prefix: str = "model.") -> dict[str, Tens
             _heads_out(n, h))
         if config.use_qk_norm:
             add(layer + "self_attn.q_norm.weight", ("layers", i, "attn", "q_norm", "scale"), (h,),
-                _same())
+                SAME)
             add(layer + "self_attn.k_norm.weight", ("layers", i, "attn", "k_norm", "scale"), (h,),
-                _same())
+                SAME)
         add(layer + "mlp.gate_proj.weight", ("layers", i, "mlp", "gate_proj"), (f, d),
-            _transposed())
-        add(layer + "mlp.up_proj.weight", ("layers", i, "mlp", "up_proj"), (f, d), _transposed())
+            TRANSPOSED)
+        add(layer + "mlp.up_proj.weight", ("layers", i, "mlp", "up_proj"), (f, d), TRANSPOSED)
         add(layer + "mlp.down_proj.weight", ("layers", i, "mlp", "down_proj"), (d, f),
-            _transposed())
+            TRANSPOSED)
         add(layer + "input_layernorm.weight", ("layers", i, "pre_attn_norm", "scale"), (d,),
-            _same())
+            SAME)
         if config.family is Family.GEMMA1:
             # Gemma 1's "post_attention_layernorm" is the norm *before* the MLP.
             add(layer + "post_attention_layernorm.weight", ("layers", i, "pre_ffw_norm", "scale"),
-                (d,), _same())
+                (d,), SAME)
         else:
             add(layer + "post_attention_layernorm.weight",
-                ("layers", i, "post_attn_norm", "scale"), (d,), _same())
+                ("layers", i, "post_attn_norm", "scale"), (d,), SAME)
             add(layer + "pre_feedforward_layernorm.weight",
-                ("layers", i, "pre_ffw_norm", "scale"), (d,), _same())
+                ("layers", i, "pre_ffw_norm", "scale"), (d,), SAME)
             add(layer + "post_feedforward_layernorm.weight",
-                ("layers", i, "post_ffw_norm", "scale"), (d,), _same())
+                ("layers", i, "post_ffw_norm", "scale"), (d,), SAME)
     return table
 
 

@@ -1,0 +1,153 @@
+"""GGUF checkpoints (llama.cpp's format) of Gemma, Gemma 2 and Gemma 3.
+
+Every quantization type the `gguf` package knows is dequantized to float32, one tensor (and for
+large ones one block of rows) at a time, read with `os.pread` so the file's pages never pile up
+in memory. llama.cpp stores Gemma's norm weights with the +1 already added: we subtract it.
+Linear weights are [out, in] as in HF, so the HF table converts them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import gguf
+import numpy as np
+
+from model_zoo.checkpoints.collect import Collector, aligned_empty, unexpected
+from model_zoo.checkpoints.gguf_file import TensorInfo, file_size, read_header
+from model_zoo.checkpoints.hf_names import TensorMap, hf_tensor_map
+from model_zoo.config import Family, ModelConfig
+from model_zoo.errors import GemmaforgeError
+from model_zoo.spm import GemmaTokenizer
+from model_zoo.transformer import Params
+
+ARCHITECTURES = {"gemma": Family.GEMMA1, "gemma2": Family.GEMMA2, "gemma3": Family.GEMMA3}
+# Rows dequantized per step for large tensors (the 262144-row embedding): ~40 MB of float32.
+ROWS_PER_STEP = 16384
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+
+
+def hf_name(gguf_name: str, family: Family) -> str | None:
+    """The HF name of a GGUF tensor, or None for one Gemma does not have."""
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if gguf_name == "output_norm.weight":
+        return "model.norm.weight"
+    match = _BLOCK.fullmatch(gguf_name)
+    if not match:
+        return None
+    index, kind = match.groups()
+    if kind == "ffn_norm":  # the norm before the MLP; Gemma 1's HF name differs
+        kind_hf = ("post_attention_layernorm" if family is Family.GEMMA1
+                   else "pre_feedforward_layernorm")
+    else:
+        kind_hf = _LAYER_NAMES.get(kind)
+        if kind_hf is None:
+            return None
+    return f"model.layers.{index}.{kind_hf}.weight"
+
+
+class GGUFCheckpoint:
+    """An opened GGUF file: metadata, tensor directory and the tokenizer vocabulary."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.metadata, self.tensors = read_header(self.path, file_size(self.path))
+        self.architecture = self.metadata.get("general.architecture")
+        if self.architecture not in ARCHITECTURES:
+            raise GemmaforgeError(f"{self.path} holds a {self.architecture!r} model; gemmaforge "
+                                  f"reads {', '.join(ARCHITECTURES)}")
+
+    @property
+    def family(self) -> Family:
+        return ARCHITECTURES[self.architecture]
+
+    def check_config(self, config: ModelConfig) -> None:
+        """Refuses a file whose metadata contradicts the preset, naming the first differences."""
+        arch = self.architecture
+        expected = {
+            "general.architecture": {Family.GEMMA1: "gemma", Family.GEMMA2: "gemma2",
+                                     Family.GEMMA3: "gemma3"}[config.family],
+            f"{arch}.block_count": config.num_layers,
+            f"{arch}.embedding_length": config.embed_dim,
+            f"{arch}.feed_forward_length": config.hidden_dim,
+            f"{arch}.attention.head_count": config.num_heads,
+            f"{arch}.attention.head_count_kv": config.num_kv_heads,
+            f"{arch}.attention.key_length": config.head_dim,
+            f"{arch}.attention.sliding_window": config.sliding_window,
+        }
+        problems = []
+        for key, want in expected.items():
+            got = self.metadata.get(key)
+            if got is not None and want is not None and got != want:
+                problems.append(f"{key} is {got} in the file, {want} in {config.name}")
+        vocab = len(self.metadata.get("tokenizer.ggml.tokens", ()))
+        if vocab and vocab != config.vocab_size:
+            problems.append(f"the vocabulary has {vocab} tokens, {config.name} {config.vocab_size}")
+        if problems:
+            raise GemmaforgeError(f"{self.path} does not match preset {config.name}: "
+                                  + "; ".join(problems[:3]))
+
+    def params(self, config: ModelConfig, shardings: Params | None = None) -> Params:
+        """The float32 parameters, checked against `config`."""
+        self.check_config(config)
+        table = hf_tensor_map(config)
+        collector = Collector(config, self.path, shardings)
+        extra = []
+        with open(self.path, "rb") as file:
+            for tensor in self.tensors:
+                name = hf_name(tensor.name, config.family)
+                if name not in table:
+                    extra.append(tensor.name)
+                    continue
+                entry = table[name]
+                collector.check_shape(tensor.name, tensor.shape, entry.hf_shape)
+                collector.add(entry.path, self._read(file.fileno(), tensor, entry))
+        if extra:
+            raise unexpected(self.path, extra)
+        return collector.finish()
+
+    def _read(self, fd: int, tensor: TensorInfo, entry: TensorMap) -> np.ndarray:
+        """One tensor in our layout, dequantized a block of rows at a time."""
+        is_norm = entry.path[-1] == "scale"
+
+        def dequantized(start: int, stop: int) -> np.ndarray:
+            size = (stop - start) * tensor.row_bytes
+            raw = os.pread(fd, size, tensor.offset + start * tensor.row_bytes)
+            if len(raw) != size:
+                raise GemmaforgeError(f"{self.path} is truncated inside tensor {tensor.name}")
+            block = np.frombuffer(raw, np.uint8).reshape(stop - start, tensor.row_bytes)
+            values = gguf.quants.dequantize(block, tensor.qtype).astype(np.float32, copy=False)
+            # llama.cpp stores Gemma's RMSNorm multiplier (1 + w); we keep w.
+            return values - 1.0 if is_norm else values
+
+        if entry.layout.same and tensor.rows > ROWS_PER_STEP:
+            out = aligned_empty(entry.hf_shape)
+            for start in range(0, tensor.rows, ROWS_PER_STEP):
+                stop = min(tensor.rows, start + ROWS_PER_STEP)
+                out[start:stop] = dequantized(start, stop)
+            return out
+        return entry.to_ours(dequantized(0, tensor.rows).reshape(entry.hf_shape))
+
+    def tokenizer(self) -> GemmaTokenizer:
+        """The SentencePiece tokenizer rebuilt from the file's vocabulary."""
+        meta = self.metadata
+        if "tokenizer.ggml.tokens" not in meta:
+            raise GemmaforgeError(f"{self.path} carries no tokenizer vocabulary; pass --tokenizer")
+        return GemmaTokenizer.from_vocab(
+            meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"],
+            meta["tokenizer.ggml.token_type"],
+            bos_id=int(meta["tokenizer.ggml.bos_token_id"]),
+            eos_id=int(meta["tokenizer.ggml.eos_token_id"]),
+            pad_id=int(meta["tokenizer.ggml.padding_token_id"]),
+            unk_id=int(meta["tokenizer.ggml.unknown_token_id"]))

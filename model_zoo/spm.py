@@ -1,0 +1,105 @@
+"""The Gemma SentencePiece tokenizer, loaded from a `tokenizer.model` or rebuilt from the
+vocabulary a GGUF file carries.
+
+A GGUF keeps the pieces (with ' ' where SentencePiece writes '▁'), their scores and types, but no
+ModelProto. The proto rebuilt here follows Gemma's: BPE with byte fallback and split digits, an
+identity normaliser without a dummy prefix, pad/eos/bos as CONTROL, unk as UNKNOWN, and every
+other GGUF "control" piece (`<start_of_turn>`, `<mask>`, `<unusedN>`...) as USER_DEFINED so that
+it matches inside raw text. Tests check the ids against the real `tokenizer.model`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import sentencepiece
+from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+from model_zoo.errors import GemmaforgeError
+from model_zoo.tokenizer import END_OF_TURN
+
+# GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*).
+GGUF_NORMAL, GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_UNUSED, GGUF_BYTE = range(1, 7)
+_Piece = spm_pb2.ModelProto.SentencePiece
+
+
+class GemmaTokenizer:
+    """Text <-> ids with Gemma's SentencePiece model."""
+
+    def __init__(self, model_proto: bytes):
+        self._processor = sentencepiece.SentencePieceProcessor()
+        try:
+            self._processor.LoadFromSerializedProto(model_proto)
+        except (RuntimeError, OSError) as error:
+            raise GemmaforgeError(f"not a SentencePiece model: {error}") from None
+        self.model_proto = model_proto
+        self.bos_id = self._processor.bos_id()
+        self.eos_id = self._processor.eos_id()
+        self.pad_id = self._processor.pad_id()
+        self.vocab_size = self._processor.get_piece_size()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> GemmaTokenizer:
+        try:
+            with open(path, "rb") as file:
+                return cls(file.read())
+        except OSError as error:
+            raise GemmaforgeError(f"cannot read tokenizer {path}: {error.strerror}") from None
+
+    @classmethod
+    def from_vocab(cls, pieces: list[str], scores: np.ndarray, types: np.ndarray, *,
+                   bos_id: int, eos_id: int, pad_id: int, unk_id: int) -> GemmaTokenizer:
+        """Rebuilds the ModelProto from a GGUF-style vocabulary."""
+        proto = spm_pb2.ModelProto()
+        special = {bos_id, eos_id, pad_id}
+        for index, (piece, score, kind) in enumerate(zip(pieces, scores, types, strict=True)):
+            entry = proto.pieces.add()
+            entry.piece = piece.replace(" ", "\u2581")
+            # GGUF gives non-normal pieces a score of -1000; SentencePiece ignores it and
+            # Gemma's model stores 0. NORMAL is the proto's default type, left unset as Gemma's.
+            entry.score = float(score) if kind == GGUF_NORMAL else 0.0
+            if index == unk_id:
+                entry.type = _Piece.UNKNOWN
+            elif kind == GGUF_BYTE:
+                entry.type = _Piece.BYTE
+            elif kind != GGUF_NORMAL:
+                entry.type = _Piece.CONTROL if index in special else _Piece.USER_DEFINED
+        trainer = proto.trainer_spec
+        trainer.model_type = spm_pb2.TrainerSpec.BPE
+        trainer.vocab_size = len(pieces)
+        trainer.byte_fallback = True
+        trainer.split_digits = True
+        trainer.split_by_unicode_script = True
+        trainer.split_by_number = True
+        trainer.split_by_whitespace = False
+        trainer.allow_whitespace_only_pieces = True
+        trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = (unk_id, bos_id, eos_id,
+                                                                          pad_id)
+        trainer.bos_piece, trainer.eos_piece = pieces[bos_id], pieces[eos_id]
+        normalizer = proto.normalizer_spec
+        normalizer.name = "identity"
+        normalizer.precompiled_charsmap = b""
+        normalizer.add_dummy_prefix = False
+        normalizer.remove_extra_whitespaces = False
+        return cls(proto.SerializeToString())
+
+    def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+        ids = self._processor.encode(text)
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._processor.decode([int(i) for i in ids])
+
+    def piece_to_id(self, piece: str) -> int:
+        index = self._processor.piece_to_id(piece)
+        if index == self._processor.unk_id() and piece != "<unk>":
+            raise GemmaforgeError(f"the tokenizer has no piece {piece!r}")
+        return index
+
+    def id_to_piece(self, index: int) -> str:
+        return self._processor.id_to_piece(int(index))
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.piece_to_id(END_OF_TURN), self.eos_id)
