@@ -87,3 +87,29 @@ def test_console_script_and_mesh_flag():
          "--mesh", "2x4", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["generated_ids"]) == 4
+
+
+@pytest.fixture(scope="module")
+def real_gguf():
+    from model_zoo.checkpoints.default import default_checkpoint
+
+    return default_checkpoint("gemma3-270m")
+
+
+def test_checkpoint_errors_are_one_line(capsys, tmp_path, real_gguf):
+    truncated = tmp_path / "truncated.gguf"
+    with open(real_gguf, "rb") as source:
+        truncated.write_bytes(source.read(40 << 20))
+    cases = [
+        (("gemma3-270m", "--checkpoint", str(truncated)), "truncated"),
+        (("gemma3-270m", "--checkpoint", str(tmp_path / "nowhere.gguf")), "does not exist"),
+        (("tiny-gemma3", "--checkpoint", str(real_gguf)), "does not match preset tiny-gemma3"),
+        (("gemma3-270m", "--checkpoint", str(real_gguf), "--tokenizer", str(truncated)),
+         "not a SentencePiece model"),
+        (("--checkpoint", str(real_gguf)), "name the preset too"),
+    ]
+    for args, message in cases:
+        code, _, err = run(capsys, "generate", *args, "--prompt", "x", "-n", "1")
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1, err
+        assert lines[0].startswith("gemmaforge: error:") and message in lines[0], lines[0]

@@ -1,0 +1,106 @@
+"""The embedded default, Gemma 3 270M from the package index, end to end in JAX (slow)."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import model_zoo as mz
+from cli.app import main
+from model_zoo import inference
+from model_zoo.checkpoints.default import DEFAULT_CHECKPOINTS, default_checkpoint, sha256_of
+from model_zoo.checkpoints.hf_config import config_to_hf
+from model_zoo.checkpoints.hf_names import to_hf_state
+from model_zoo.loading import load
+from runtimes import JaxRunner, generate
+from runtimes.tolerances import REAL_MODEL_FLOAT32
+from tests.shared_data import REF_PROMPTS, REFS, require
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load("gemma3-270m")
+
+
+def test_default_checkpoint_is_the_packaged_file():
+    path = default_checkpoint("gemma3-270m")
+    assert sha256_of(path) == DEFAULT_CHECKPOINTS["gemma3-270m"].sha256
+
+
+@pytest.mark.parametrize("name", sorted(REF_PROMPTS))
+def test_logits_and_greedy_match_the_reference(model, name):
+    ref = np.load(require(REFS / f"{name}.npz"))
+    ids = model.tokenizer.encode(REF_PROMPTS[name])
+    assert ids == ref["ids"].tolist()
+
+    cache = mz.KVCache.create(model.config, 1, len(ids))
+    positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
+    logits, _ = mz.apply(model.config, model.params, jnp.asarray([ids]), positions, cache)
+    logits = np.asarray(logits[0])
+    assert np.abs(logits[-1] - ref["last_logits"]).max() <= REAL_MODEL_FLOAT32
+    np.testing.assert_array_equal(logits.argmax(-1), ref["top8"][:, 0])
+
+    result = generate(JaxRunner(model.config, model.params, max_len=128), ids, 32)
+    assert result.generated_ids == ref["greedy"].tolist()
+
+
+def test_a_prompt_past_the_window_agrees_with_hf_transformers(model):
+    """~700 tokens: every local layer slides. HF runs the same dequantized weights, full
+    sequence in one forward; we prefill in chunks and decode the last tokens one by one."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = model.config
+    text = " ".join(f"Item {i} of the list is the word {w}." for i, w in
+                    enumerate(("sea", "salt", "wave", "shell", "tide", "foam") * 9))
+    ids = model.tokenizer.encode(text)
+    assert len(ids) > config.sliding_window + 100
+    decoded = 8
+
+    fields = config_to_hf(config)
+    hf_config = transformers.Gemma3TextConfig(
+        **{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
+    hf_config._attn_implementation = "eager"
+    hf_model = transformers.Gemma3ForCausalLM(hf_config).eval()
+    state = {k: torch.from_numpy(np.array(v)) for k, v in to_hf_state(config, model.params).items()}
+    hf_model.load_state_dict(state, strict=False)
+    del state
+    with torch.no_grad():
+        reference = hf_model(torch.tensor([ids])).logits[0].numpy()
+    del hf_model
+
+    cache = mz.KVCache.create(config, 1, 1024)
+    prompt = len(ids) - decoded
+    logits, cache, _ = inference.prefill(config, model.params, [ids[:prompt]], cache,
+                                         chunk_size=128)
+    ours = [np.asarray(logits[0])]
+    for position in range(prompt, len(ids)):
+        logits, cache = inference.decode(config, model.params, [ids[position]], [position],
+                                         cache)
+        ours.append(np.asarray(logits[0]))
+    ours = np.stack(ours)
+    assert np.abs(ours - reference[prompt - 1 :]).max() <= REAL_MODEL_FLOAT32
+    np.testing.assert_array_equal(ours.argmax(-1), reference[prompt - 1 :].argmax(-1))
+
+
+def test_cli_generate_prints_the_reference_continuation(model, capsys):
+    ref = np.load(require(REFS / "france.npz"))
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "gemma3-270m", "--prompt", REF_PROMPTS["france"], "-n", "12",
+              "--json"])
+    assert stop.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompt_ids"] == ref["ids"].tolist()
+    assert result["generated_ids"] == ref["greedy"][:12].tolist()
+    assert "gguf" in result["weights"]
+
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "gemma3-270m", "--prompt", "Write a haiku about the sea.", "--chat",
+              "-n", "6"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 0
+    haiku = np.load(require(REFS / "haiku.npz"))
+    assert out.strip() == model.tokenizer.decode(haiku["greedy"][:6].tolist()).strip()
+    assert "tok/s" in err
