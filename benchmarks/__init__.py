@@ -1,0 +1,1 @@
+"""`nox -s bench`: speed, memory and accuracy figures, medians over several runs."""

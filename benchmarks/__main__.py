@@ -1,0 +1,28 @@
+"""python -m benchmarks [NAME ...]: run the named benchmarks (default: all) and print results.
+
+Results also land in out/bench/<name>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from benchmarks import decode, load, reference
+
+BENCHMARKS = {"load": load.run, "reference": reference.run, "decode": decode.run}
+
+
+def main(names: list[str]) -> None:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    for name in names or list(BENCHMARKS):
+        result = BENCHMARKS[name]()
+        result.pop("runs", None)
+        print(f"== {name}")
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
