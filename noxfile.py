@@ -11,7 +11,7 @@ def tests(session: nox.Session) -> None:
     """The whole suite, real-model tests (marked slow) included. Pass `-- -m "not slow"` for the
     fast part alone."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-ra", *session.posargs)
+    session.run("python", "-m", "pytest", "-ra", *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,1 @@
+"""gemmaforge tests: tiny seeded parity tests, and real-model tests marked slow."""
