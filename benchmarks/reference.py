@@ -1,8 +1,10 @@
-"""Accuracy of the float32 JAX model on the real gemma3-270m weights.
+"""Accuracy of the float32 JAX model, with the commands' figures written to out/bench/.
 
-Against ../shared/refs (HF transformers float32 on the same dequantized weights): max abs error of
-the last logits and greedy agreement. Against HF transformers run here on a ~700-token prompt
-(past the 512-token window): max abs logit error and top-1 agreement over the last 9 positions.
+- tiny presets against HF transformers (random weights copied across): max abs logit error of
+  prefill + 8 decode steps, per family;
+- gemma3-270m against ../shared/refs (HF float32 on the same dequantized weights): last-logit
+  error and greedy agreement;
+- gemma3-270m against HF transformers run here on a ~640-token prompt (past the 512 window).
 """
 
 from __future__ import annotations
@@ -14,20 +16,28 @@ from benchmarks.common import save
 
 def run() -> dict:
     import jax.numpy as jnp
-    import torch
-    import transformers
 
     import model_zoo as mz
-    from model_zoo import inference
-    from model_zoo.checkpoints.hf_config import config_to_hf
-    from model_zoo.checkpoints.hf_names import to_hf_state
     from model_zoo.loading import load
     from runtimes import JaxRunner, generate
+    from tests.hf_reference import (
+        hf_logits,
+        hf_model,
+        long_prompt_ids,
+        ours_stepwise,
+        tiny_parity,
+    )
     from tests.shared_data import REF_PROMPTS, REFS
+
+    result: dict = {"tiny_vs_hf": {}, "refs": {}}
+    for name in ("tiny-gemma1", "tiny-gemma2", "tiny-gemma3"):
+        config = mz.get_preset(name)
+        params = mz.init_params(config, 0)
+        error, scale = tiny_parity(config, params, hf_model(config, params))
+        result["tiny_vs_hf"][name] = {"max_abs_error": error, "largest_logit": scale}
 
     model = load("gemma3-270m")
     config, params = model.config, model.params
-    result: dict = {"refs": {}}
     for name, prompt in REF_PROMPTS.items():
         path = REFS / f"{name}.npz"
         if not path.exists():
@@ -42,36 +52,17 @@ def run() -> dict:
             "ids_match": ids == ref["ids"].tolist(),
             "last_logits_max_abs_error": float(np.abs(np.asarray(logits[0, -1])
                                                       - ref["last_logits"]).max()),
-            "greedy_tokens_matching": int(np.sum(np.array(greedy) == ref["greedy"])),
-            "greedy_tokens": 32,
+            "greedy_tokens_matching": f"{int(np.sum(np.array(greedy) == ref['greedy']))}/32",
         }
 
-    text = " ".join(f"Item {i} of the list is the word {w}." for i, w in
-                    enumerate(("sea", "salt", "wave", "shell", "tide", "foam") * 9))
-    ids = model.tokenizer.encode(text)
-    fields = config_to_hf(config)
-    hf_config = transformers.Gemma3TextConfig(
-        **{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
-    hf_config._attn_implementation = "eager"
-    hf_model = transformers.Gemma3ForCausalLM(hf_config).eval()
-    hf_model.load_state_dict({k: torch.from_numpy(np.array(v))
-                              for k, v in to_hf_state(config, params).items()}, strict=False)
-    with torch.no_grad():
-        reference = hf_model(torch.tensor([ids])).logits[0].numpy()
-    prompt = len(ids) - 8
-    logits, cache, _ = inference.prefill(config, params, [ids[:prompt]],
-                                         mz.KVCache.create(config, 1, 1024), chunk_size=128)
-    ours = [np.asarray(logits[0])]
-    for position in range(prompt, len(ids)):
-        logits, cache = inference.decode(config, params, [ids[position]], [position], cache)
-        ours.append(np.asarray(logits[0]))
-    ours = np.stack(ours)
+    ids = long_prompt_ids(model.tokenizer)
+    reference = hf_logits(hf_model(config, params), ids)[-9:]
+    ours = ours_stepwise(config, params, ids, 8, max_len=1024, chunk_size=128)
     result["long_prompt_vs_hf"] = {
         "tokens": len(ids),
         "window": config.sliding_window,
-        "max_abs_error": float(np.abs(ours - reference[prompt - 1 :]).max()),
-        "top1_agreement": f"{int((ours.argmax(-1) == reference[prompt - 1:].argmax(-1)).sum())}"
-                          f"/{len(ours)}",
+        "max_abs_error": float(np.abs(ours - reference).max()),
+        "top1_agreement": f"{int((ours.argmax(-1) == reference.argmax(-1)).sum())}/{len(ours)}",
     }
     save("reference", result)
     return result

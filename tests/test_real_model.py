@@ -8,13 +8,11 @@ import pytest
 
 import model_zoo as mz
 from cli.app import main
-from model_zoo import inference
 from model_zoo.checkpoints.default import DEFAULT_CHECKPOINTS, default_checkpoint, sha256_of
-from model_zoo.checkpoints.hf_config import config_to_hf
-from model_zoo.checkpoints.hf_names import to_hf_state
 from model_zoo.loading import load
 from runtimes import JaxRunner, generate
 from runtimes.tolerances import REAL_MODEL_FLOAT32
+from tests.hf_reference import hf_logits, hf_model, long_prompt_ids, ours_stepwise
 from tests.shared_data import REF_PROMPTS, REFS, require
 
 pytestmark = pytest.mark.slow
@@ -48,41 +46,16 @@ def test_logits_and_greedy_match_the_reference(model, name):
 
 
 def test_a_prompt_past_the_window_agrees_with_hf_transformers(model):
-    """~700 tokens: every local layer slides. HF runs the same dequantized weights, full
+    """~640 tokens: every local layer slides. HF runs the same dequantized weights, full
     sequence in one forward; we prefill in chunks and decode the last tokens one by one."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = model.config
-    text = " ".join(f"Item {i} of the list is the word {w}." for i, w in
-                    enumerate(("sea", "salt", "wave", "shell", "tide", "foam") * 9))
-    ids = model.tokenizer.encode(text)
-    assert len(ids) > config.sliding_window + 100
-    decoded = 8
-
-    fields = config_to_hf(config)
-    hf_config = transformers.Gemma3TextConfig(
-        **{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
-    hf_config._attn_implementation = "eager"
-    hf_model = transformers.Gemma3ForCausalLM(hf_config).eval()
-    state = {k: torch.from_numpy(np.array(v)) for k, v in to_hf_state(config, model.params).items()}
-    hf_model.load_state_dict(state, strict=False)
-    del state
-    with torch.no_grad():
-        reference = hf_model(torch.tensor([ids])).logits[0].numpy()
-    del hf_model
-
-    cache = mz.KVCache.create(config, 1, 1024)
-    prompt = len(ids) - decoded
-    logits, cache, _ = inference.prefill(config, model.params, [ids[:prompt]], cache,
-                                         chunk_size=128)
-    ours = [np.asarray(logits[0])]
-    for position in range(prompt, len(ids)):
-        logits, cache = inference.decode(config, model.params, [ids[position]], [position],
-                                         cache)
-        ours.append(np.asarray(logits[0]))
-    ours = np.stack(ours)
-    assert np.abs(ours - reference[prompt - 1 :]).max() <= REAL_MODEL_FLOAT32
-    np.testing.assert_array_equal(ours.argmax(-1), reference[prompt - 1 :].argmax(-1))
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    ids = long_prompt_ids(model.tokenizer)
+    assert len(ids) > model.config.sliding_window + 100
+    reference = hf_logits(hf_model(model.config, model.params), ids)[-9:]
+    ours = ours_stepwise(model.config, model.params, ids, 8, max_len=1024, chunk_size=128)
+    assert np.abs(ours - reference).max() <= REAL_MODEL_FLOAT32
+    np.testing.assert_array_equal(ours.argmax(-1), reference.argmax(-1))
 
 
 def test_cli_generate_prints_the_reference_continuation(model, capsys):

@@ -70,3 +70,21 @@ def test_sharded_tensors_really_split_memory(mesh):
     embedding = params["embedder"]["embedding"]
     assert embedding.addressable_shards[0].data.size == embedding.size // 8
     assert jnp.allclose(embedding, mz.init_params(config)["embedder"]["embedding"])
+
+
+def test_checkpoints_load_into_shards(mesh, tmp_path, tiny_params):
+    from model_zoo.loading import load
+    from tests.writers import write_gguf, write_hf_folder
+
+    config = mz.get_preset("tiny-gemma3")
+    params = tiny_params("tiny-gemma3")
+    write_hf_folder(tmp_path / "hf", config, params)
+    write_gguf(tmp_path / "model.gguf", config, params)
+    for checkpoint in (tmp_path / "hf", tmp_path / "model.gguf"):
+        model = load("tiny-gemma3", checkpoint=checkpoint, mesh=mesh)
+        q_proj = model.params["layers"][0]["attn"]["q_proj"]
+        assert q_proj.sharding.spec == PartitionSpec("data", "model", None)
+        assert len(q_proj.addressable_shards) == 8
+    hf = load("tiny-gemma3", checkpoint=tmp_path / "hf", mesh=mesh)
+    for a, b in zip(jax.tree.leaves(hf.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
