@@ -55,10 +55,6 @@ class KVCache:
     def max_len(self) -> int:
         return int(self.k[0].shape[2])
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.k)
-
     def layer(self, index: int) -> tuple[jax.Array, jax.Array]:
         return self.k[index], self.v[index]
 

@@ -125,9 +125,5 @@ class ModelConfig:
         return LayerSpec(kind, None, self.rope_base_global, self.rope_scale_global)
 
     @property
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return tuple(self.layer(i) for i in range(self.num_layers))
-
-    @property
     def query_scale(self) -> float:
         return 1.0 / math.sqrt(self.query_pre_attn_scalar)

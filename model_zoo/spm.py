@@ -19,8 +19,10 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tokenizer import END_OF_TURN
 
-# GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*).
-GGUF_NORMAL, GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_UNUSED, GGUF_BYTE = range(1, 7)
+# GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*) that the proto keeps apart; the others
+# (unknown 2, control 3, user-defined 4, unused 5) are told apart by id.
+GGUF_NORMAL = 1
+GGUF_BYTE = 6
 _Piece = spm_pb2.ModelProto.SentencePiece
 
 
@@ -96,9 +98,6 @@ class GemmaTokenizer:
         if index == self._processor.unk_id() and piece != "<unk>":
             raise GemmaforgeError(f"the tokenizer has no piece {piece!r}")
         return index
-
-    def id_to_piece(self, index: int) -> str:
-        return self._processor.id_to_piece(int(index))
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
