@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks import decode, load, reference
+from benchmarks import export, load, reference, runtimes
 
-BENCHMARKS = {"load": load.run, "reference": reference.run, "decode": decode.run}
+BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run,
+              "runtimes": runtimes.run}
 
 
 def main(names: list[str]) -> None:

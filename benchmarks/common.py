@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import time
 from pathlib import Path
 
 OUT = Path("out/bench")
@@ -22,3 +23,24 @@ def save(name: str, result: dict) -> Path:
               "processor": platform.processor() or platform.machine(), **result}
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def time_generation(runner, prompt: list[int], new_tokens: int,
+                    repeats: int) -> tuple[float, float]:
+    """Median (prefill tokens/s, decode tokens/s) of `runner`, after one warm-up run."""
+    import numpy as np
+
+    def once() -> tuple[float, float]:
+        start = time.perf_counter()
+        logits = runner.prefill(prompt)
+        prefill = time.perf_counter() - start
+        token = int(np.argmax(logits))
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            token = int(np.argmax(runner.decode(token)))
+        return prefill, time.perf_counter() - start
+
+    once()
+    timings = [once() for _ in range(repeats)]
+    return (median([len(prompt) / p for p, _ in timings]),
+            median([new_tokens / d for _, d in timings]))

@@ -12,12 +12,18 @@ import sys
 import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
+from exporter import export, parse_formats, parse_platforms
 from model_zoo import get_preset, preset_names
 from model_zoo.errors import GemmaforgeError
+from model_zoo.inference import default_max_len
 from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
+from runtimes.artifact import open_artifact
+from runtimes.jax_runner import JaxRunner
+from runtimes.registry import RUNTIMES, make_runner
 from runtimes.sampling import SamplerConfig
 from runtimes.text import generate_text
+from runtimes.validate import DEFAULT_DECODE_STEPS, format_report, summary, validate_artifact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export Gemma models from JAX to StableHLO, ONNX and LiteRT.")
@@ -57,6 +63,17 @@ def zoo_show(name: str = typer.Argument(..., help="Preset name (see `zoo list`).
         print(f"{key:<{width}}  {value}")
 
 
+def _print_generation(result, as_json: bool, chat: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    print(result.prompt + result.text if not chat else result.text)
+    print(f"[{result.runtime}] prompt: {len(result.prompt_ids)} tokens at "
+          f"{result.prefill_tokens_per_second:.1f} tok/s (the first call may compile); "
+          f"decode: {len(result.generated_ids)} tokens at "
+          f"{result.decode_tokens_per_second:.1f} tok/s", file=sys.stderr)
+
+
 @app.command("generate")
 def generate_command(
     preset: str | None = typer.Argument(
@@ -84,19 +101,116 @@ def generate_command(
     device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
     model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
                  mesh=device_mesh)
-    result = generate_text(model, prompt, max_new_tokens=max_new_tokens, sampler=sampler,
-                           chat=chat, max_len=max_len)
-    if as_json:
-        print(json.dumps(result.to_json(), ensure_ascii=False))
-        return
-    print(prompt + result.text if not chat else result.text)
-    print(f"[{result.runtime}] prompt: {len(result.prompt_ids)} tokens at "
-          f"{result.prefill_tokens_per_second:.1f} tok/s (the first call compiles); "
-          f"decode: {len(result.generated_ids)} tokens at "
-          f"{result.decode_tokens_per_second:.1f} tok/s", file=sys.stderr)
-    if model.random_weights:
+    runner = JaxRunner(model.config, model.params,
+                       max_len=max_len or default_max_len(model.config))
+    result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
+                           weights=model.source, max_new_tokens=max_new_tokens,
+                           sampler=sampler, chat=chat)
+    _print_generation(result, as_json, chat)
+    if model.random_weights and not as_json:
         print(f"note: no checkpoint for {model.config.name}: these are {model.source}",
               file=sys.stderr)
+
+
+def _parse_buckets(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise GemmaforgeError(f"--buckets takes comma-separated token counts, e.g. 32,128,512; "
+                              f"got {text!r}") from None
+
+
+@app.command("export")
+def export_command(
+    preset: str | None = typer.Argument(
+        None, help="Preset name; optional with an HF folder as --checkpoint."),
+    out: str = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
+    to: str = typer.Option("stablehlo", "--to", help="Formats, comma-separated: stablehlo."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c",
+                                          help="Weights (default: the preset's packaged ones)."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer.model to bundle."),
+    max_len: int | None = typer.Option(None, "--max-len",
+                                       help="Cache length (context); default min(context, 1024)."),
+    buckets: str | None = typer.Option(None, "--buckets",
+                                       help="Prefill lengths, e.g. 32,128,512 (those <= max-len)."),
+    platforms: str = typer.Option("cpu", "--platforms", help="StableHLO platforms: cpu,cuda,tpu."),
+    mesh: str | None = typer.Option(None, "--mesh", help="Export weights sharded on DATAxMODEL."),
+    fused: bool = typer.Option(True, "--fused/--no-fused", help="Fused ops as composites."),
+    symbolic: bool = typer.Option(True, "--symbolic/--no-symbolic",
+                                  help="Also export a symbolic-length prefill."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights (presets without any)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    validate: bool = typer.Option(True, "--validate/--no-validate",
+                                  help="Validate on the format's runtimes after export."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export a model to an artifact directory (written atomically) and validate it."""
+    formats = parse_formats(to)
+    device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
+    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=device_mesh)
+    manifest = export(model, out, formats=formats, max_len=max_len,
+                      buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
+                      mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, force=force)
+    report = None
+    if validate:
+        runtimes = ["stablehlo"] if device_mesh is not None else None
+        report = validate_artifact(out, runtimes)
+    if as_json:
+        print(json.dumps(open_artifact(out).manifest, indent=2))
+    else:
+        entries = manifest["formats"].get("stablehlo", {}).get("entry_points", {})
+        print(f"wrote {out}: {', '.join(formats)} ({', '.join(entries)}), max_len "
+              f"{manifest['max_len']}, weights {model.source}, {manifest['export_seconds']} s")
+        if report is not None:
+            print(format_report(report))
+    if report is not None and not report["passed"]:
+        raise GemmaforgeError(f"{out} was written but failed validation; see "
+                              f"{out}/report/validation.json")
+
+
+_RUNTIMES_HELP = (f"Runtimes to check ({', '.join(RUNTIMES)}); default: every runtime of the "
+                  "exported formats.")
+
+
+@app.command("validate")
+def validate_command(
+    directory: str = typer.Argument(..., help="An artifact directory from `gemmaforge export`."),
+    runtime: list[str] | None = typer.Option(None, "--runtime", "-r", help=_RUNTIMES_HELP),
+    decode_steps: int = typer.Option(DEFAULT_DECODE_STEPS, "--decode-steps", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Compare each runtime with the JAX reference on fixed prompts (prefill + decode)."""
+    report = validate_artifact(directory, runtime or None, decode_steps=decode_steps)
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+    if not report["passed"]:
+        failed = [r for r, row in summary(report)["runtimes"].items() if not row["passed"]]
+        raise GemmaforgeError(f"validation failed on {', '.join(failed)}")
+
+
+@app.command("run")
+def run_command(
+    directory: str = typer.Argument(..., help="An artifact directory from `gemmaforge export`."),
+    runtime: str = typer.Option("stablehlo", "--runtime", "-r",
+                                help=f"One of {', '.join(RUNTIMES)}."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=0),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
+    top_k: int = typer.Option(0, "--top-k", min=0),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+) -> None:
+    """Generate text from an exported artifact on one runtime."""
+    sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    artifact = open_artifact(directory)
+    runner = make_runner(runtime, artifact)
+    result = generate_text(runner, artifact.tokenizer(), prompt, preset=artifact.config.name,
+                           weights=artifact.manifest["weights_source"],
+                           max_new_tokens=max_new_tokens, sampler=sampler, chat=chat)
+    _print_generation(result, as_json, chat)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,3 +127,27 @@ class ModelConfig:
     @property
     def query_scale(self) -> float:
         return 1.0 / math.sqrt(self.query_pre_attn_scalar)
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    """Plain JSON-ready data (enums as their values)."""
+    data = dataclasses.asdict(config)
+    data["family"] = config.family.value
+    data["attention_pattern"] = [t.value for t in config.attention_pattern]
+    return data
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    """The inverse of `config_to_dict`; unknown or missing fields are a clear error."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(data) - fields
+    if unknown:
+        raise GemmaforgeError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+    try:
+        return ModelConfig(**{
+            **data,
+            "family": Family(data["family"]),
+            "attention_pattern": tuple(AttentionType(t) for t in data["attention_pattern"]),
+        })
+    except (KeyError, TypeError, ValueError) as error:
+        raise GemmaforgeError(f"invalid model config: {error}") from None

@@ -35,6 +35,14 @@ def step(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.
     return logits[:, 0], cache
 
 
+DEFAULT_MAX_LEN = 1024
+
+
+def default_max_len(config: ModelConfig) -> int:
+    """The cache length used unless one is asked for: the context, at most 1024 slots."""
+    return min(config.max_context, DEFAULT_MAX_LEN)
+
+
 def check_fits(needed: int, cache: KVCache) -> None:
     """Refuses a sequence of `needed` tokens that the cache cannot hold."""
     if needed > cache.max_len:

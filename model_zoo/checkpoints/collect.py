@@ -16,7 +16,7 @@ import numpy as np
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
-from model_zoo.tree import ParamPath, get_path, path_name, set_path
+from model_zoo.tree import ParamPath, flatten, get_path, path_name, set_path
 
 ALIGNMENT = 64
 
@@ -54,7 +54,7 @@ class Collector:
         self.config = config
         self.source = source
         self.shardings = shardings
-        self.expected = {path: leaf.shape for path, leaf in _flatten(abstract_params(config))}
+        self.expected = {path: leaf.shape for path, leaf in flatten(abstract_params(config))}
         self.params: Params = {}
         self.filled: set[ParamPath] = set()
 
@@ -92,10 +92,3 @@ def unexpected(source: str, names: Iterable[str]) -> GemmaforgeError:
     return GemmaforgeError(f"{source} has tensor(s) the model does not use: {shown}; is this "
                            "checkpoint for another architecture?")
 
-
-def _flatten(tree: Params, prefix: ParamPath = ()) -> Iterable[tuple[ParamPath, object]]:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value

@@ -91,9 +91,12 @@ def text_name(name: str) -> str | None:
 
 
 def read_safetensors(paths: list[Path], config: ModelConfig, source: str,
-                     shardings: Params | None = None) -> Params:
-    """Our parameters from HF-named safetensors files."""
-    table = hf_tensor_map(config)
+                     shardings: Params | None = None, *,
+                     table: dict[str, TensorMap] | None = None) -> Params:
+    """Our parameters from safetensors files named as `table` says (default: HF names; see
+    `native.native_tensor_map` for our own)."""
+    native = table is not None
+    table = table if native else hf_tensor_map(config)
     collector = Collector(config, source, shardings)
     extra = []
     for path in paths:
@@ -103,7 +106,7 @@ def read_safetensors(paths: list[Path], config: ModelConfig, source: str,
             for name, info in header.items():
                 if name == "lm_head.weight":  # tied to the embedding: not a separate parameter
                     continue
-                hf = text_name(name)
+                hf = name if native else text_name(name)
                 if hf is None:
                     continue
                 if hf not in table:

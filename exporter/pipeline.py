@@ -1,0 +1,90 @@
+"""`export`: a loaded model to an artifact directory, one writer per format."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from jax.sharding import Mesh
+
+from exporter.artifact import (
+    FORMAT_VERSION,
+    TOKENIZER,
+    WEIGHTS,
+    atomic_directory,
+    file_entries,
+    tool_versions,
+    write_manifest,
+)
+from exporter.stablehlo import write_stablehlo
+from exporter.trace import resolve_options
+from model_zoo.checkpoints.native import save_params
+from model_zoo.config import config_to_dict
+from model_zoo.errors import GemmaforgeError
+from model_zoo.loading import LoadedModel
+from model_zoo.spm import GemmaTokenizer
+
+FORMATS = ("stablehlo",)
+COMING = ("onnx", "litert")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    for name in formats:
+        if name in COMING:
+            raise GemmaforgeError(f"--to {name} is not available yet; formats: "
+                                  f"{', '.join(FORMATS)}")
+        if name not in FORMATS:
+            raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
+    if not formats:
+        raise GemmaforgeError("--to needs at least one format")
+    return formats
+
+
+def tokenizer_entry(model: LoadedModel, root: Path) -> dict:
+    """Writes the tokenizer beside the model and describes it for the manifest."""
+    tokenizer = model.tokenizer
+    entry = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
+             "stop_ids": list(tokenizer.stop_ids), "vocab_size": tokenizer.vocab_size}
+    if isinstance(tokenizer, GemmaTokenizer):
+        (root / TOKENIZER).write_bytes(tokenizer.model_proto)
+        return {"kind": "sentencepiece", "file": TOKENIZER, **entry}
+    return {"kind": "bytes", **entry}
+
+
+def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ...] = FORMATS,
+           max_len: int | None = None, buckets: tuple[int, ...] | None = None,
+           platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
+           fused: bool = True, symbolic_prefill: bool = True, force: bool = False) -> dict:
+    """Writes `out` (atomically) and returns its manifest. Validation is a separate step:
+    `runtimes.validate.validate_artifact(out)`."""
+    for name in formats:
+        if name not in FORMATS:
+            raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
+    options = resolve_options(model.config, max_len, buckets, fused=fused,
+                              symbolic_prefill=symbolic_prefill)
+    started = time.perf_counter()
+    with atomic_directory(out, force=force) as root:
+        save_params(root / WEIGHTS, model.params)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "preset": model.config.name,
+            "config": config_to_dict(model.config),
+            "weights_source": model.source,
+            "recipe": "f32",
+            "precision": "float32",
+            "max_len": options.max_len,
+            "buckets": list(options.buckets),
+            "fused": options.fused,
+            "tokenizer": tokenizer_entry(model, root),
+            "formats": {},
+        }
+        if "stablehlo" in formats:
+            manifest["formats"]["stablehlo"] = write_stablehlo(
+                model.config, root, options, platforms=platforms, mesh=mesh)
+        manifest["tools"] = tool_versions("jax", "jaxlib", "flax", "numpy")
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        manifest["files"] = file_entries(root)
+        write_manifest(root, manifest)
+    return manifest

@@ -1,0 +1,100 @@
+"""Runners over exported entry points (prefill_<T>, decode): the chunking every such runtime
+shares, written once.
+
+A prompt is fed as: all tokens but the last through prefill entry points, then the last token
+through `decode`, whose logits are the prompt's (see exporter.trace). Chunks take the largest
+bucket that the remaining tokens fill; a remainder shorter than every bucket is padded into the
+smallest one while that fits in the cache, and otherwise fed through `decode` token by token.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from model_zoo.errors import GemmaforgeError
+
+DECODE = "decode"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Feed tokens[start : start + length] through `entry`, padded to `width`."""
+
+    entry: str
+    start: int
+    length: int
+    width: int
+
+
+def plan_chunks(count: int, buckets: Sequence[int], max_len: int, start: int = 0) -> list[Chunk]:
+    """How to prefill `count` tokens from position `start` with the given buckets."""
+    chunks, position, end = [], start, start + count
+    buckets = sorted(buckets)
+    while position < end:
+        remaining = end - position
+        fitting = [b for b in buckets if b <= remaining]
+        if fitting:
+            width = fitting[-1]
+            chunks.append(Chunk(f"prefill_{width}", position, width, width))
+        elif position + buckets[0] <= max_len:
+            chunks.append(Chunk(f"prefill_{buckets[0]}", position, remaining, buckets[0]))
+        else:
+            chunks.extend(Chunk(DECODE, p, 1, 1) for p in range(position, end))
+            break
+        position += chunks[-1].length
+    return chunks
+
+
+class EntryPointRunner(abc.ABC):
+    """The Runner protocol on top of `_reset` and `_call` (one entry point, cache held inside).
+
+    Subclasses set `name`, `max_len`, `buckets` and `pad_id`.
+    """
+
+    name: str
+    max_len: int
+    buckets: tuple[int, ...]
+    pad_id: int = 0
+
+    def __init__(self) -> None:
+        self._position: int | None = None
+
+    @abc.abstractmethod
+    def _reset(self) -> None:
+        """Empties the cache."""
+
+    @abc.abstractmethod
+    def _call(self, entry: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray | None:
+        """Runs one entry point on int32 tokens [1, T] at int32 input_pos [T], updating the
+        cache; returns float32 logits [V] for decode, None for prefill."""
+
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
+        if len(ids) > self.max_len:
+            raise GemmaforgeError(f"the prompt has {len(ids)} tokens but {self.name} holds "
+                                  f"{self.max_len} (the exported --max-len)")
+        self._reset()
+        for chunk in plan_chunks(len(ids) - 1, self.buckets, self.max_len):
+            tokens = np.full((1, chunk.width), self.pad_id, np.int32)
+            tokens[0, : chunk.length] = ids[chunk.start : chunk.start + chunk.length]
+            positions = np.arange(chunk.start, chunk.start + chunk.width, dtype=np.int32)
+            self._call(chunk.entry, tokens, positions)
+        self._position = len(ids) - 1
+        return self.decode(ids[-1])
+
+    def decode(self, token: int) -> np.ndarray:
+        if self._position is None:
+            raise GemmaforgeError(f"{self.name}: decode before prefill")
+        if self._position >= self.max_len:
+            raise GemmaforgeError(f"{self.name}: the cache is full ({self.max_len} tokens, the "
+                                  "exported --max-len); re-export with a larger --max-len")
+        logits = self._call(DECODE, np.array([[token]], np.int32),
+                            np.array([self._position], np.int32))
+        self._position += 1
+        return logits

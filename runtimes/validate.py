@@ -1,0 +1,167 @@
+"""Validation, written once for every runtime: fixed prompts through the JAX reference and each
+runner, prefill and teacher-forced decode steps, logits compared.
+
+For each runtime and prompt: max abs logit error, top-1 agreement and KL(reference || runtime)
+after the prompt ("prefill") and over N decode steps that feed both the reference's greedy
+tokens. A runtime passes when every logit is within the precision's tolerance and every top-1
+agrees. The summary goes into manifest.json and the full report into report/validation.json.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter.artifact import REPORT_DIR, write_manifest
+from model_zoo.errors import GemmaforgeError
+from model_zoo.tokenizer import chat_prompt
+from runtimes.artifact import Artifact, open_artifact
+from runtimes.base import Runner
+from runtimes.registry import make_runner, runtimes_for
+from runtimes.tolerances import ARTIFACT_TOLERANCES
+
+DEFAULT_DECODE_STEPS = 16
+PROMPTS = {
+    "short": "The capital of France is",
+    "chat": chat_prompt("Write a haiku about the sea."),
+    # Long enough to fill several prefill buckets and cross sliding windows; cut to fit.
+    "long": " ".join(f"Item {i} of the list is the word {w}." for i, w in
+                     enumerate(("sea", "salt", "wave", "shell", "tide", "foam") * 9)),
+}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def kl_divergence(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """KL(softmax(reference) || softmax(other)) per row, in nats."""
+    log_p, log_q = log_softmax(reference), log_softmax(other)
+    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict:
+    """Metrics of logits [N, V] against the reference's."""
+    return {
+        "positions": int(reference.shape[0]),
+        "max_abs_error": float(np.abs(reference - other).max()),
+        "max_abs_logit": float(np.abs(reference).max()),
+        "top1_agreement": int((reference.argmax(-1) == other.argmax(-1)).sum()),
+        "kl_mean": float(kl_divergence(reference, other).mean()),
+        "kl_max": float(kl_divergence(reference, other).max()),
+    }
+
+
+def prompt_ids(artifact: Artifact, decode_steps: int) -> dict[str, list[int]]:
+    """The fixed prompts as ids, each cut to leave room for the decode steps."""
+    tokenizer = artifact.tokenizer()
+    room = artifact.max_len - decode_steps
+    if room < 2:
+        raise GemmaforgeError(f"--decode-steps {decode_steps} leaves no room for a prompt in a "
+                              f"cache of {artifact.max_len}")
+    return {name: tokenizer.encode(text)[:room] for name, text in PROMPTS.items()}
+
+
+def trajectory(runner: Runner, ids: list[int], forced: list[int] | None,
+               steps: int) -> tuple[np.ndarray, list[int]]:
+    """Logits [1 + steps, V]: after the prompt, then after each decode step. Decode feeds
+    `forced` tokens, or the runner's own greedy choices when None."""
+    logits = [np.asarray(runner.prefill(ids), np.float32)]
+    tokens = []
+    for step in range(steps):
+        token = forced[step] if forced is not None else int(np.argmax(logits[-1]))
+        tokens.append(token)
+        logits.append(np.asarray(runner.decode(token), np.float32))
+    return np.stack(logits), tokens
+
+
+def judge(metrics: dict, precision: str) -> bool:
+    atol, rtol = ARTIFACT_TOLERANCES[precision]
+    return (metrics["max_abs_error"] <= atol + rtol * metrics["max_abs_logit"]
+            and metrics["top1_agreement"] == metrics["positions"])
+
+
+def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None, *,
+                      decode_steps: int = DEFAULT_DECODE_STEPS, record: bool = True) -> dict:
+    """Validates every runtime on the artifact; returns the report (and records it)."""
+    artifact = open_artifact(path)
+    runtimes = runtimes or runtimes_for(artifact)
+    precision = artifact.manifest["precision"]
+    prompts = prompt_ids(artifact, decode_steps)
+    reference = make_runner("jax", artifact)
+    expected = {name: trajectory(reference, ids, None, decode_steps)
+                for name, ids in prompts.items()}
+    results = {}
+    for runtime in runtimes:
+        started = time.perf_counter()
+        runner = make_runner(runtime, artifact)
+        load_seconds = time.perf_counter() - started
+        per_prompt = {}
+        for name, ids in prompts.items():
+            ref_logits, forced = expected[name]
+            logits, _ = trajectory(runner, ids, forced, decode_steps)
+            per_prompt[name] = {"prompt_tokens": len(ids),
+                                "prefill": compare(ref_logits[:1], logits[:1]),
+                                "decode": compare(ref_logits[1:], logits[1:])}
+        passed = all(judge(p[part], precision) for p in per_prompt.values()
+                     for part in ("prefill", "decode"))
+        results[runtime] = {"passed": passed, "load_seconds": round(load_seconds, 2),
+                            "prompts": per_prompt}
+        del runner  # one runtime's copy of the weights at a time
+        gc.collect()
+    report = {
+        "precision": precision,
+        "tolerance": {"atol": ARTIFACT_TOLERANCES[precision][0],
+                      "rtol_of_max_logit": ARTIFACT_TOLERANCES[precision][1]},
+        "decode_steps": decode_steps,
+        "reference": "jax",
+        "runtimes": results,
+        "passed": all(r["passed"] for r in results.values()),
+    }
+    if record:
+        _record(artifact, report)
+    return report
+
+
+def summary(report: dict) -> dict:
+    """The per-runtime worst case, as the manifest keeps it."""
+    out = {"passed": report["passed"], "precision": report["precision"], "runtimes": {}}
+    for runtime, result in report["runtimes"].items():
+        parts = [p[part] for p in result["prompts"].values() for part in ("prefill", "decode")]
+        out["runtimes"][runtime] = {
+            "passed": result["passed"],
+            "max_abs_error": max(p["max_abs_error"] for p in parts),
+            "top1_agreement": f"{sum(p['top1_agreement'] for p in parts)}/"
+                              f"{sum(p['positions'] for p in parts)}",
+            "kl_max": max(p["kl_max"] for p in parts),
+        }
+    return out
+
+
+def _record(artifact: Artifact, report: dict) -> None:
+    reports = artifact.root / REPORT_DIR
+    reports.mkdir(exist_ok=True)
+    partial = reports / ".validation.json.partial"
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(partial, reports / "validation.json")
+    manifest = dict(artifact.manifest)
+    manifest["validation"] = summary(report)
+    write_manifest(Path(artifact.root), manifest)
+
+
+def format_report(report: dict) -> str:
+    """A human-readable table of the summary."""
+    lines = [f"precision {report['precision']}, {report['decode_steps']} decode steps, "
+             f"reference jax"]
+    lines.append(f"{'runtime':<12}{'max |err|':>12}{'top-1':>10}{'KL max':>12}  result")
+    for runtime, row in summary(report)["runtimes"].items():
+        lines.append(f"{runtime:<12}{row['max_abs_error']:>12.3g}{row['top1_agreement']:>10}"
+                     f"{row['kl_max']:>12.3g}  {'pass' if row['passed'] else 'FAIL'}")
+    return "\n".join(lines)
