@@ -22,10 +22,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job on the embedded default model, gemma3-270m from the package index."""
+    """The main job on the embedded default model, gemma3-270m from the package index: export
+    to StableHLO (validated against the JAX reference), then generate with IREE running it."""
     session.install("-e", ".")
-    session.run("gemmaforge", "generate", "gemma3-270m", "--prompt", "The capital of France is",
-                "--max-new-tokens", "24", *session.posargs)
+    session.run("gemmaforge", "export", "gemma3-270m", "--to", "stablehlo", "--out",
+                "out/gemma3-270m", "--force", *session.posargs)
+    session.run("gemmaforge", "run", "out/gemma3-270m", "--runtime", "iree", "--prompt",
+                "The capital of France is", "--max-new-tokens", "24")
 
 
 @nox.session

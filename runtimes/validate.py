@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import REPORT_DIR, write_manifest
+from exporter.artifact import REPORT_DIR, tool_versions, write_manifest
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tokenizer import chat_prompt
 from runtimes.artifact import Artifact, open_artifact
@@ -26,6 +26,7 @@ from runtimes.registry import make_runner, runtimes_for
 from runtimes.tolerances import ARTIFACT_TOLERANCES
 
 DEFAULT_DECODE_STEPS = 16
+TOOLS = {"iree": "iree-base-compiler"}
 PROMPTS = {
     "short": "The capital of France is",
     "chat": chat_prompt("Write a haiku about the sea."),
@@ -124,6 +125,7 @@ def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None
         "reference": "jax",
         "runtimes": results,
         "passed": all(r["passed"] for r in results.values()),
+        "tools": tool_versions("jax", "jaxlib", *(TOOLS[r] for r in runtimes if r in TOOLS)),
     }
     if record:
         _record(artifact, report)
