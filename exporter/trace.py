@@ -43,10 +43,6 @@ def kv_names(config: ModelConfig) -> list[str]:
     return [f"kv_cache_{kind}_{i}" for i in range(config.num_layers) for kind in "kv"]
 
 
-def weight_names(config: ModelConfig) -> list[str]:
-    return [path_name(path) for path, _ in flatten(abstract_params(config))]
-
-
 def flat_weights(params: Params) -> dict[str, jax.Array]:
     return {path_name(path): leaf for path, leaf in flatten(params)}
 

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from exporter.trace import DECODE
 from model_zoo.errors import GemmaforgeError
-
-DECODE = "decode"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from exporter.trace import empty_cache
+from exporter.trace import DECODE, empty_cache
 from model_zoo.checkpoints.default import cache_dir
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tree import flatten, path_name
@@ -102,7 +102,7 @@ class IreeRunner(EntryPointRunner):
         outputs = self._functions[entry](*self._platform_args, *self._weights,
                                          self._device(tokens), self._device(input_pos),
                                          *self._cache)
-        if entry == "decode":
+        if entry == DECODE:
             logits, *self._cache = outputs
             # A copy: to_host() maps the device buffer, which IREE reuses once it is released.
             return np.array(logits.to_host()[0, 0])

@@ -9,7 +9,7 @@ import numpy as np
 from jax import export as jax_export
 from jax.sharding import NamedSharding, PartitionSpec
 
-from exporter.trace import empty_cache
+from exporter.trace import DECODE, empty_cache
 from model_zoo.errors import GemmaforgeError
 from model_zoo.sharding import make_mesh
 from model_zoo.tree import flatten, parse_name, path_name, set_path
@@ -59,7 +59,7 @@ class StableHLORunner(EntryPointRunner):
     def _call(self, entry: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray | None:
         tokens, input_pos = (jax.device_put(x, self._replicated) for x in (tokens, input_pos))
         out = self._calls[entry](self._weights, tokens, input_pos, self._cache)
-        if entry == "decode":
+        if entry == DECODE:
             logits, self._cache = out
             return np.asarray(logits[0, 0])
         self._cache = out
