@@ -133,12 +133,14 @@ def weight_specs(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Array,
-          input_pos: jax.Array, kv_cache: dict[str, jax.Array], fused: bool):
+          input_pos: jax.Array, kv_cache: dict[str, jax.Array], fused: bool,
+          table_left_head: bool):
     cache = KVCache(k=tuple(kv_cache[f"kv_cache_k_{i}"] for i in range(config.num_layers)),
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
     last = jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, fused=fused,
-                          logits_index=last if entry.returns_logits else None)
+                          logits_index=last, table_left_head=table_left_head,
+                          logits=entry.returns_logits)
     updated = {}
     for i in range(config.num_layers):
         updated[f"kv_cache_k_{i}"] = cache.k[i]
@@ -147,22 +149,23 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
 
 
 def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
-                   params: Params | None = None) -> Callable:
+                   params: Params | None = None, table_left_head: bool = True) -> Callable:
     """The pure function of one entry point.
 
     With `params` None it takes `weights` (dotted names -> arrays) first:
     `f(weights, tokens, input_pos, kv_cache)`; otherwise the parameters are constants:
-    `f(tokens, input_pos, kv_cache)`.
+    `f(tokens, input_pos, kv_cache)`. `table_left_head` picks the LM head's form for the
+    kernels that will run it (see `model_zoo.layers.Embedder.decode`).
     """
     fused = fused and not entry.symbolic
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
             return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,
-                         fused)
+                         fused, table_left_head)
         return with_weights
 
     def with_constants(tokens, input_pos, kv_cache):
-        return _step(config, params, entry, tokens, input_pos, kv_cache, fused)
+        return _step(config, params, entry, tokens, input_pos, kv_cache, fused, table_left_head)
     return with_constants
 
 

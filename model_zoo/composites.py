@@ -18,7 +18,8 @@ from jax import lax
 SDPA = "odml.scaled_dot_product_attention"
 RMS_NORM = "odml.rms_norm"
 KV_CACHE_UPDATE = "gemmaforge.kv_cache_update"
-COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE)
+SOFT_CAP = "gemmaforge.logit_soft_cap"
+COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE, SOFT_CAP)
 
 # Added to the logits of masked keys. Finite, so that a fully masked row (padding) stays NaN-free;
 # float32's lowest value, which tanh soft-capping is applied before, so it is never capped.
@@ -87,7 +88,13 @@ def _kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k
             jax.vmap(write_row)(v_cache, v_new, start))
 
 
+def _soft_cap(x: jax.Array, *, cap: float) -> jax.Array:
+    """cap * tanh(x / cap), elementwise."""
+    return jnp.tanh(x / cap) * cap
+
+
 _rms_norm_composite = lax.composite(_rms_norm, name=RMS_NORM)
+_soft_cap_composite = lax.composite(_soft_cap, name=SOFT_CAP)
 _sdpa_composite = lax.composite(_sdpa, name=SDPA)
 _kv_cache_update_composite = lax.composite(_kv_cache_update, name=KV_CACHE_UPDATE)
 
@@ -114,3 +121,10 @@ def kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_
     """See `_kv_cache_update`."""
     op = _kv_cache_update_composite if fused else _kv_cache_update
     return op(k_cache, v_cache, start, k_new, v_new, kv_cache_max=int(k_cache.shape[2]))
+
+
+def logit_soft_cap(x: jax.Array, cap: float, *, fused: bool) -> jax.Array:
+    """The final-logit soft-cap. A composite boundary keeps converters from folding x / cap into
+    the LM head's weights, which the LiteRT converter does, storing the table a second time."""
+    op = _soft_cap_composite if fused else _soft_cap
+    return op(x, cap=float(cap))

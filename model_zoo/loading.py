@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 from jax.sharding import Mesh
 
@@ -27,7 +29,14 @@ from model_zoo.presets import get_preset
 from model_zoo.sharding import shardings
 from model_zoo.spm import GemmaTokenizer
 from model_zoo.tokenizer import ByteTokenizer, Tokenizer
-from model_zoo.transformer import Params, count_params, init_params
+from model_zoo.transformer import (
+    Params,
+    abstract_params,
+    count_params,
+    init_params,
+    iter_random_params,
+)
+from model_zoo.tree import flatten, get_path, path_name
 
 # Random weights are refused past this share of the memory available now.
 MAX_MEMORY_SHARE = 0.8
@@ -39,19 +48,30 @@ class LoadedModel:
 
     Attributes:
       config: the architecture.
-      params: float32 parameters (sharded when loaded with a mesh).
+      params: float32 parameters (sharded when loaded with a mesh); None for random weights
+        loaded with materialize=False, which `weights()` draws one tensor at a time.
       tokenizer: text <-> ids.
       source: where the weights came from, in words.
       random_weights: True when no checkpoint was used.
       checkpoint: the checkpoint path, None for random weights.
+      seed: the seed of random weights.
     """
 
     config: ModelConfig
-    params: Params
+    params: Params | None
     tokenizer: Tokenizer
     source: str
     random_weights: bool
     checkpoint: str | None = None
+    seed: int = 0
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Every parameter as (dotted name, float32 host array), one at a time, in the order of
+        `abstract_params`: a writer can stream the model without a second copy of it."""
+        if self.params is not None:
+            return ((path_name(p), np.asarray(get_path(self.params, p)))
+                    for p, _ in flatten(abstract_params(self.config)))
+        return ((path_name(p), value) for p, value in iter_random_params(self.config, self.seed))
 
 
 def describe(config: ModelConfig) -> dict:
@@ -85,9 +105,15 @@ def describe(config: ModelConfig) -> dict:
 
 
 def load_random(config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None,
-                tokenizer: Tokenizer | None = None) -> LoadedModel:
+                tokenizer: Tokenizer | None = None, materialize: bool = True) -> LoadedModel:
     """Seeded random float32 weights, refused with a clear error when they cannot fit in memory.
-    The tokenizer defaults to the byte tokenizer (its ids fit every vocabulary)."""
+    With materialize=False nothing is drawn until `weights()` streams them (for exporting models
+    larger than memory would hold twice). The tokenizer defaults to the byte tokenizer (its
+    ids fit every vocabulary)."""
+    source = f"random weights (seed {seed})"
+    tokenizer = tokenizer or ByteTokenizer()
+    if not materialize:
+        return LoadedModel(config, None, tokenizer, source, True, seed=seed)
     needed = 4 * sum(count_params(config))
     available = psutil.virtual_memory().available
     if needed > MAX_MEMORY_SHARE * available:
@@ -96,13 +122,12 @@ def load_random(config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None,
             f"{available / 2**30:.1f} GiB of memory is available; pick a smaller preset "
             "(see `gemmaforge zoo list`)")
     params = init_params(config, seed, shardings=shardings(config, mesh) if mesh else None)
-    return LoadedModel(config, params, tokenizer or ByteTokenizer(),
-                       f"random weights (seed {seed})", True)
+    return LoadedModel(config, params, tokenizer, source, True, seed=seed)
 
 
 def load(preset: str | None = None, *, checkpoint: str | os.PathLike | None = None,
          tokenizer: str | os.PathLike | None = None, seed: int = 0,
-         mesh: Mesh | None = None) -> LoadedModel:
+         mesh: Mesh | None = None, materialize: bool = True) -> LoadedModel:
     """The model named by `preset` and/or `checkpoint`.
 
     Args:
@@ -113,6 +138,8 @@ def load(preset: str | None = None, *, checkpoint: str | os.PathLike | None = No
       tokenizer: a SentencePiece `tokenizer.model`, overriding the checkpoint's own.
       seed: the seed of random weights.
       mesh: shard the parameters on this (data, model) mesh.
+      materialize: False leaves random weights undrawn (see `load_random`); checkpoints are
+        always read.
     """
     config = get_preset(preset) if preset is not None else None
     explicit_tokenizer = GemmaTokenizer.from_file(tokenizer) if tokenizer is not None else None
@@ -121,7 +148,8 @@ def load(preset: str | None = None, *, checkpoint: str | os.PathLike | None = No
             raise GemmaforgeError("name a preset or pass --checkpoint")
         checkpoint = default_checkpoint(config.name)
         if checkpoint is None:
-            return load_random(config, seed=seed, mesh=mesh, tokenizer=explicit_tokenizer)
+            return load_random(config, seed=seed, mesh=mesh, tokenizer=explicit_tokenizer,
+                               materialize=materialize)
     path = Path(checkpoint)
     kind = detect_format(path)
     own_tokenizer = None

@@ -51,8 +51,10 @@ class GemmaTokenizer:
 
     @classmethod
     def from_vocab(cls, pieces: list[str], scores: np.ndarray, types: np.ndarray, *,
-                   bos_id: int, eos_id: int, pad_id: int, unk_id: int) -> GemmaTokenizer:
-        """Rebuilds the ModelProto from a GGUF-style vocabulary."""
+                   bos_id: int, eos_id: int, pad_id: int, unk_id: int,
+                   escape_whitespace: bool = True) -> GemmaTokenizer:
+        """Rebuilds the ModelProto from a GGUF-style vocabulary (`escape_whitespace` False keeps
+        spaces as spaces instead of '▁', for byte-level vocabularies)."""
         proto = spm_pb2.ModelProto()
         special = {bos_id, eos_id, pad_id}
         for index, (piece, score, kind) in enumerate(zip(pieces, scores, types, strict=True)):
@@ -84,6 +86,8 @@ class GemmaTokenizer:
         normalizer.precompiled_charsmap = b""
         normalizer.add_dummy_prefix = False
         normalizer.remove_extra_whitespaces = False
+        if not escape_whitespace:
+            normalizer.escape_whitespaces = False
         return cls(proto.SerializeToString())
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:

@@ -46,13 +46,15 @@ class ByteTokenizer:
     eos_id = 1
     vocab_size = BYTE_OFFSET + 256
 
-    _special_pattern = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+    # As in Gemma's SentencePiece model, only the turn markers are matched inside text; "<eos>"
+    # written in a prompt is five bytes.
     _turn_markers = {4: START_OF_TURN, 5: END_OF_TURN}
+    _marker_pattern = re.compile(f"({re.escape(START_OF_TURN)}|{re.escape(END_OF_TURN)})")
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
         ids = [self.bos_id] if add_bos else []
-        for piece in self._special_pattern.split(text):
-            if piece in self.SPECIALS:
+        for piece in self._marker_pattern.split(text):
+            if piece in (START_OF_TURN, END_OF_TURN):
                 ids.append(self.SPECIALS[piece])
             else:
                 ids.extend(self.BYTE_OFFSET + b for b in piece.encode("utf-8"))
@@ -77,3 +79,19 @@ class ByteTokenizer:
     @property
     def stop_ids(self) -> tuple[int, ...]:
         return (self.SPECIALS[END_OF_TURN], self.eos_id)
+
+    def sentencepiece_model(self, vocab_size: int | None = None) -> bytes:
+        """The same tokenizer as a SentencePiece model (turn markers user-defined, every byte a
+        byte-fallback piece), for runtimes that read only tokenizer.model files. `vocab_size`
+        pads it with `<unusedN>` pieces, as Gemma's vocabulary is padded, so that every id a
+        model can produce decodes."""
+        from model_zoo.spm import GemmaTokenizer
+
+        pieces = [*self.SPECIALS, *(f"<0x{b:02X}>" for b in range(256))]
+        types = [3, 3, 3, 2, 4, 4] + [6] * 256  # GGUF token types: control, unknown, user, byte
+        extra = max(0, (vocab_size or 0) - len(pieces))
+        pieces += [f"<unused{i}>" for i in range(extra)]
+        types += [4] * extra
+        return GemmaTokenizer.from_vocab(pieces, [0.0] * len(pieces), types, bos_id=self.bos_id,
+                                         eos_id=self.eos_id, pad_id=0, unk_id=3,
+                                         escape_whitespace=False).model_proto

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model_zoo import composites
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.layers import Attention, Embedder, FeedForward, RMSNorm
@@ -52,6 +54,13 @@ class Block(nnx.Module):
             hidden = self.post_ffw_norm(hidden, fused=fused)
         return x + hidden, cache
 
+    def write_cache(self, x: jax.Array, positions: jax.Array,
+                    cache: tuple[jax.Array, jax.Array], *,
+                    fused: bool) -> tuple[jax.Array, jax.Array]:
+        """Only the cache write of this layer: what a prefill of the last layer needs."""
+        return self.attn.write_cache(self.pre_attn_norm(x, fused=fused), positions, cache,
+                                     fused=fused)
+
 
 class Gemma(nnx.Module):
     """Embedding, `num_layers` blocks, final norm, tied LM head with optional soft-cap."""
@@ -66,7 +75,9 @@ class Gemma(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, *,
                  fused: bool = True,
-                 logits_index: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+                 logits_index: jax.Array | None = None,
+                 table_left_head: bool = True,
+                 logits: bool = True) -> tuple[jax.Array | None, KVCache]:
         """Runs T new tokens per row through the model, writing them into the cache.
 
         Args:
@@ -76,23 +87,31 @@ class Gemma(nnx.Module):
           fused: trace the fused ops as composites (True) or as their plain decomposition.
           logits_index: int32 [B]: compute logits only at this index of T (the LM head is the
             largest matmul; prefill needs one row of it). None: logits at every position.
+          table_left_head: the LM head's contraction form (see `Embedder.decode`).
+          logits: False fills the cache only (a prefill whose logits nobody reads): the last
+            layer stops at its cache write and no head is computed. Fused ops are composites,
+            which dead-code elimination keeps, so this has to be said, not inferred.
         Returns:
-          (float32 logits [B, T, V] or [B, 1, V], the updated cache).
+          (float32 logits [B, T, V] or [B, 1, V] (None without logits), the updated cache).
         """
         x = self.embedder.encode(tokens)
         new_layers = []
         for index, block in enumerate(self.layers):
+            if not logits and index == len(self.layers) - 1:
+                new_layers.append(block.write_cache(x, positions, cache.layer(index),
+                                                    fused=fused))
+                return None, KVCache.from_layers(new_layers)
             x, layer_cache = block(x, positions, cache.layer(index), fused=fused)
             new_layers.append(layer_cache)
         if logits_index is not None:
             # [B, T, D] -> [B, 1, D]
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
         x = self.final_norm(x, fused=fused)
-        logits = self.embedder.decode(x).astype(jnp.float32)
+        out = self.embedder.decode(x, table_left=table_left_head).astype(jnp.float32)
         cap = self.config.final_logit_softcap
         if cap is not None:
-            logits = jnp.tanh(logits / cap) * cap
-        return logits, KVCache.from_layers(new_layers)
+            out = composites.logit_soft_cap(out, cap, fused=fused)
+        return out, KVCache.from_layers(new_layers)
 
 
 @functools.cache
@@ -112,19 +131,26 @@ def abstract_params(config: ModelConfig) -> Params:
     return nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
 
 
-def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) -> Params:
-    """Seeded random float32 parameters, each placed with its entry of `shardings` when given
-    (a tree shaped like the parameters; see `model_zoo.sharding`).
+def iter_random_params(config: ModelConfig, seed: int = 0) -> Iterator[tuple[tuple, np.ndarray]]:
+    """Seeded random float32 parameters as (path, numpy array), drawn one at a time.
 
-    Values are drawn in numpy, one generator per parameter seeded by (seed, crc32 of its path),
-    with the stddev each layer declares: XLA takes seconds to compile a random init even for the
-    tiny presets, and ~45 s for the 270M model, where numpy takes ~2 s.
+    Each parameter has its own generator seeded by (seed, crc32 of its path) and the stddev its
+    layer declares, so any one can be drawn again alone: an exporter can stream a model that
+    never exists whole in memory. (XLA takes seconds to compile a random init even for the
+    tiny presets, and ~45 s for the 270M model, where numpy takes ~2 s.)
     """
-    params: Params = {}
     for path, var in nnx.to_flat_state(nnx.state(abstract_model(config), nnx.Param)):
         rng = np.random.default_rng([seed, zlib.crc32(path_name(path).encode())])
         stddev = np.float32(var.get_metadata()["init_stddev"])
-        value = rng.standard_normal(var.get_value().shape, np.float32) * stddev
+        yield path, rng.standard_normal(var.get_value().shape, np.float32) * stddev
+
+
+def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) -> Params:
+    """Seeded random float32 parameters (`iter_random_params`) on the device, each placed with
+    its entry of `shardings` when given (a tree shaped like the parameters; see
+    `model_zoo.sharding`)."""
+    params: Params = {}
+    for path, value in iter_random_params(config, seed):
         sharding = get_path(shardings, path) if shardings is not None else None
         set_path(params, path, jax.device_put(value, sharding))
     return params
@@ -132,10 +158,12 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
           cache: KVCache, *, fused: bool = True,
-          logits_index: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+          logits_index: jax.Array | None = None, table_left_head: bool = True,
+          logits: bool = True) -> tuple[jax.Array | None, KVCache]:
     """`Gemma.__call__` as a pure function of the parameters. See there for shapes."""
     model = nnx.merge(graphdef(config), params)
-    return model(tokens, positions, cache, fused=fused, logits_index=logits_index)
+    return model(tokens, positions, cache, fused=fused, logits_index=logits_index,
+                 table_left_head=table_left_head, logits=logits)
 
 
 def count_params(config: ModelConfig) -> tuple[int, int]:

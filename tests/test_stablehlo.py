@@ -14,13 +14,12 @@ import model_zoo as mz
 from exporter import export, read_manifest
 from exporter.artifact import sha256_file
 from exporter.trace import EntryPoint, empty_cache, entry_function, flat_weights
-from model_zoo import composites
 from model_zoo.sharding import make_mesh
 from runtimes.artifact import open_artifact
 from runtimes.registry import make_runner
 from runtimes.tolerances import SAME_MATH_FLOAT32
 from runtimes.validate import validate_artifact
-from tests.conftest import TINY_PRESETS
+from tests.conftest import TINY_PRESETS, expected_composites
 
 
 def _model(name, params):
@@ -53,13 +52,17 @@ def test_manifest_describes_the_artifact(name, tiny_artifact):
 @pytest.mark.parametrize("name", TINY_PRESETS)
 def test_fixed_shape_entry_points_carry_the_fused_ops(name, tiny_artifact):
     entries = read_manifest(tiny_artifact(name))["formats"]["stablehlo"]["entry_points"]
-    layers = mz.get_preset(name).num_layers
+    config = mz.get_preset(name)
+    layers = config.num_layers
     for entry in ("prefill_8", "prefill_32", "decode"):
         fused = entries[entry]["fused_ops"]
-        assert set(fused) == set(composites.COMPOSITE_NAMES)
-        assert fused[composites.SDPA] == fused[composites.KV_CACHE_UPDATE] == layers
+        expected = expected_composites(config, logits=entry == "decode")
+        assert fused == expected
         text = (tiny_artifact(name) / entries[entry]["mlir"]).read_text()
-        assert text.count('stablehlo.composite "odml.scaled_dot_product_attention"') == layers
+        # prefill stops at the last layer's cache write: one attention fewer
+        attention = layers if entry == "decode" else layers - 1
+        assert expected["odml.scaled_dot_product_attention"] == attention
+        assert text.count('stablehlo.composite "odml.scaled_dot_product_attention"') == attention
     assert entries["prefill"]["fused_ops"] == {}  # symbolic: composites off
 
 

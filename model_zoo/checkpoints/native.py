@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from model_zoo.checkpoints.hf_names import SAME, TensorMap
@@ -28,29 +28,44 @@ def native_tensor_map(config: ModelConfig) -> dict[str, TensorMap]:
             for path, leaf in flatten(abstract_params(config))}
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray | jax.Array],
-                 metadata: dict[str, str] | None = None) -> None:
-    """Writes a safetensors file one tensor at a time (host arrays are not copied)."""
+def write_safetensors(path: str | os.PathLike, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                      arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Writes a safetensors file whose header comes from `specs` (name -> (shape, dtype)) and
+    whose data comes from `arrays`, one array at a time, in the same order: a model that never
+    exists whole in memory can be written."""
     entries, offset = {}, 0
-    for name, value in tensors.items():
-        dtype = np.dtype(value.dtype)
+    for name, (shape, dtype) in specs.items():
+        dtype = np.dtype(dtype)
         if dtype not in _DTYPE_NAMES:
             raise TypeError(f"cannot store {name} of dtype {dtype}")
-        size = int(np.prod(value.shape, dtype=np.int64)) * dtype.itemsize
-        entries[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(value.shape),
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entries[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
                          "data_offsets": [offset, offset + size]}
         offset += size
-    if metadata:
-        entries["__metadata__"] = metadata
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % _ALIGN)
+    expected = iter(specs.items())
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(header)))
         file.write(header)
-        for value in tensors.values():
-            file.write(memoryview(np.ascontiguousarray(np.asarray(value))).cast("B"))
+        for name, value in arrays:
+            want_name, (shape, dtype) = next(expected)
+            value = np.ascontiguousarray(np.asarray(value))
+            if name != want_name or value.shape != tuple(shape) or value.dtype != dtype:
+                raise ValueError(f"expected {want_name} {tuple(shape)} {np.dtype(dtype)}, got "
+                                 f"{name} {value.shape} {value.dtype}")
+            file.write(memoryview(value).cast("B"))
+    if next(expected, None) is not None:
+        raise ValueError(f"{path}: the arrays ended before the header's last tensor")
+
+
+def weight_specs(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Our dotted parameter names -> (shape, dtype), in the parameters' order."""
+    return {path_name(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
+            for path, leaf in flatten(abstract_params(config))}
 
 
 def save_params(path: str | Path, params: Params) -> None:
     """Our parameters, float32, under our dotted names."""
-    save_tensors(path, {path_name(p): leaf for p, leaf in flatten(params)})
+    pairs = [(path_name(p), leaf) for p, leaf in flatten(params)]
+    write_safetensors(path, {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in pairs}, pairs)
