@@ -20,7 +20,7 @@ from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
-from runtimes.registry import RUNTIMES, make_runner
+from runtimes.registry import PRIMARY, RUNTIMES, make_runner
 from runtimes.sampling import SamplerConfig
 from runtimes.text import generate_text
 from runtimes.validate import DEFAULT_DECODE_STEPS, format_report, summary, validate_artifact
@@ -127,7 +127,8 @@ def export_command(
     preset: str | None = typer.Argument(
         None, help="Preset name; optional with an HF folder as --checkpoint."),
     out: str = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
-    to: str = typer.Option("stablehlo", "--to", help="Formats, comma-separated: stablehlo."),
+    to: str = typer.Option("stablehlo", "--to",
+                           help="Formats, comma-separated: stablehlo, litert."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c",
                                           help="Weights (default: the preset's packaged ones)."),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer.model to bundle."),
@@ -141,27 +142,32 @@ def export_command(
     symbolic: bool = typer.Option(True, "--symbolic/--no-symbolic",
                                   help="Also export a symbolic-length prefill."),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights (presets without any)."),
+    task: bool = typer.Option(False, "--task",
+                              help="Also write a MediaPipe .task bundle (with --to litert)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
-                                  help="Validate on the stablehlo runtime after export."),
+                                  help="Validate each format on its main runtime after export."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export a model to an artifact directory (written atomically) and validate it."""
     formats = parse_formats(to)
     device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
-    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=device_mesh)
+    # Random weights stay undrawn: the writers stream them, one tensor at a time.
+    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=device_mesh,
+                 materialize=False)
     manifest = export(model, out, formats=formats, max_len=max_len,
                       buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
-                      mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, force=force)
+                      mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, task=task,
+                      force=force)
     report = None
     if validate:  # the quick check; `gemmaforge validate` runs every runtime
-        report = validate_artifact(out, ["stablehlo"])
+        report = validate_artifact(out, [PRIMARY[name] for name in formats])
     if as_json:
         print(json.dumps(open_artifact(out).manifest, indent=2))
     else:
-        entries = manifest["formats"].get("stablehlo", {}).get("entry_points", {})
-        print(f"wrote {out}: {', '.join(formats)} ({', '.join(entries)}), max_len "
-              f"{manifest['max_len']}, weights {model.source}, {manifest['export_seconds']} s")
+        print(f"wrote {out}: {', '.join(formats)}, buckets "
+              f"{','.join(map(str, manifest['buckets']))}, max_len {manifest['max_len']}, "
+              f"weights {model.source}, {manifest['export_seconds']} s")
         if report is not None:
             print(format_report(report))
     if report is not None and not report["passed"]:
@@ -178,10 +184,13 @@ def validate_command(
     directory: str = typer.Argument(..., help="An artifact directory from `gemmaforge export`."),
     runtime: list[str] | None = typer.Option(None, "--runtime", "-r", help=_RUNTIMES_HELP),
     decode_steps: int = typer.Option(DEFAULT_DECODE_STEPS, "--decode-steps", min=1),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="CPU threads of the LiteRT runtimes."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Compare each runtime with the JAX reference on fixed prompts (prefill + decode)."""
-    report = validate_artifact(directory, runtime or None, decode_steps=decode_steps)
+    report = validate_artifact(directory, runtime or None, decode_steps=decode_steps,
+                               threads=threads)
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     if not report["passed"]:
         failed = [r for r, row in summary(report)["runtimes"].items() if not row["passed"]]
@@ -200,12 +209,14 @@ def run_command(
     top_k: int = typer.Option(0, "--top-k", min=0),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="CPU threads of the LiteRT runtimes."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Generate text from an exported artifact on one runtime."""
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     artifact = open_artifact(directory)
-    runner = make_runner(runtime, artifact)
+    runner = make_runner(runtime, artifact, threads=threads)
     result = generate_text(runner, artifact.tokenizer(), prompt, preset=artifact.config.name,
                            weights=artifact.manifest["weights_source"],
                            max_new_tokens=max_new_tokens, sampler=sampler, chat=chat)

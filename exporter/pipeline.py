@@ -17,16 +17,18 @@ from exporter.artifact import (
     tool_versions,
     write_manifest,
 )
+from exporter.litert import DIRECTORY as LITERT_DIRECTORY
+from exporter.litert import write_litertlm, write_task, write_tflite
 from exporter.stablehlo import write_stablehlo
 from exporter.trace import resolve_options
-from model_zoo.checkpoints.native import save_params
+from model_zoo.checkpoints.native import weight_specs, write_safetensors
 from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
 from model_zoo.spm import GemmaTokenizer
 
-FORMATS = ("stablehlo",)
-COMING = ("onnx", "litert")
+FORMATS = ("stablehlo", "litert")
+COMING = ("onnx",)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -43,30 +45,37 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def tokenizer_entry(model: LoadedModel, root: Path) -> dict:
-    """Writes the tokenizer beside the model and describes it for the manifest."""
+    """Writes the tokenizer beside the model as a SentencePiece model (the byte tokenizer of
+    test models has an exact SentencePiece twin) and describes it for the manifest."""
     tokenizer = model.tokenizer
-    entry = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
-             "stop_ids": list(tokenizer.stop_ids), "vocab_size": tokenizer.vocab_size}
     if isinstance(tokenizer, GemmaTokenizer):
-        (root / TOKENIZER).write_bytes(tokenizer.model_proto)
-        return {"kind": "sentencepiece", "file": TOKENIZER, **entry}
-    return {"kind": "bytes", **entry}
+        kind, proto = "sentencepiece", tokenizer.model_proto
+    else:
+        kind, proto = "bytes", tokenizer.sentencepiece_model(model.config.vocab_size)
+    (root / TOKENIZER).write_bytes(proto)
+    return {"kind": kind, "file": TOKENIZER, "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id, "stop_ids": list(tokenizer.stop_ids),
+            "vocab_size": tokenizer.vocab_size}
 
 
 def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ...] = FORMATS,
            max_len: int | None = None, buckets: tuple[int, ...] | None = None,
            platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
-           fused: bool = True, symbolic_prefill: bool = True, force: bool = False) -> dict:
+           fused: bool = True, symbolic_prefill: bool = True, task: bool = False,
+           force: bool = False) -> dict:
     """Writes `out` (atomically) and returns its manifest. Validation is a separate step:
-    `runtimes.validate.validate_artifact(out)`."""
+    `runtimes.validate.validate_artifact(out)`. `task` adds a MediaPipe .task bundle to the
+    LiteRT files."""
     for name in formats:
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
+    if task and "litert" not in formats:
+        raise GemmaforgeError("--task bundles the LiteRT model: add litert to --to")
     options = resolve_options(model.config, max_len, buckets, fused=fused,
                               symbolic_prefill=symbolic_prefill)
     started = time.perf_counter()
     with atomic_directory(out, force=force) as root:
-        save_params(root / WEIGHTS, model.params)
+        write_safetensors(root / WEIGHTS, weight_specs(model.config), model.weights())
         manifest = {
             "format_version": FORMAT_VERSION,
             "preset": model.config.name,
@@ -83,7 +92,24 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
                 model.config, root, options, platforms=platforms, mesh=mesh)
-        manifest["tools"] = tool_versions("jax", "jaxlib", "flax", "numpy")
+        if "litert" in formats:
+            directory = root / LITERT_DIRECTORY
+            directory.mkdir()
+            section = write_tflite(model.config, directory, options, model.weights(),
+                                   fused=options.fused)
+            tokenizer = manifest["tokenizer"]
+            section["bundle"] = write_litertlm(
+                directory, model.config, root / TOKENIZER, bos_id=tokenizer["bos_id"],
+                stop_ids=tokenizer["stop_ids"], max_len=options.max_len)
+            if task:
+                section["task"] = write_task(
+                    directory, root / TOKENIZER, vocab_size=model.config.vocab_size,
+                    bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"])
+            manifest["formats"]["litert"] = section
+        tools = ["jax", "jaxlib", "flax", "numpy"]
+        if "litert" in formats:
+            tools += ["litert-converter", "litert-lm-builder"]
+        manifest["tools"] = tool_versions(*tools)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         manifest["files"] = file_entries(root)
         write_manifest(root, manifest)

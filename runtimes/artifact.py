@@ -12,7 +12,7 @@ from model_zoo.checkpoints.safetensors_reader import read_safetensors
 from model_zoo.config import ModelConfig, config_from_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.spm import GemmaTokenizer
-from model_zoo.tokenizer import ByteTokenizer, Tokenizer
+from model_zoo.tokenizer import Tokenizer
 from model_zoo.transformer import Params
 
 
@@ -47,10 +47,8 @@ class Artifact:
         return section
 
     def tokenizer(self) -> Tokenizer:
-        entry = self.manifest["tokenizer"]
-        if entry["kind"] == "sentencepiece":
-            return GemmaTokenizer.from_file(self.root / TOKENIZER)
-        return ByteTokenizer()
+        """The bundled SentencePiece model (for byte-tokenized test models, its exact twin)."""
+        return GemmaTokenizer.from_file(self.root / TOKENIZER)
 
     def weights(self, shardings: Params | None = None) -> Params:
         """The float32 parameters the model was exported from."""

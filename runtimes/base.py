@@ -58,6 +58,16 @@ class Generation:
         return self.timed_decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
 
+def check_room(runner, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuses a request whose prompt and new tokens cannot fit in the runner's cache."""
+    needed = prompt_tokens + max_new_tokens
+    if needed > runner.max_len:
+        raise GemmaforgeError(
+            f"{prompt_tokens} prompt tokens + {max_new_tokens} new tokens need {needed} cache "
+            f"slots but the {runner.name} runner holds {runner.max_len}; raise --max-len (for "
+            "an artifact: export it again with one) or ask for fewer tokens")
+
+
 def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
              stop_ids: Sequence[int] = (), sampler: SamplerConfig = GREEDY) -> Generation:
     """Prefills `prompt_ids`, then samples up to `max_new_tokens`, stopping at any `stop_ids`."""
@@ -65,12 +75,7 @@ def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
         raise GemmaforgeError(f"max new tokens must be >= 0, got {max_new_tokens}")
     if not prompt_ids:
         raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
-    needed = len(prompt_ids) + max_new_tokens
-    if needed > runner.max_len:
-        raise GemmaforgeError(
-            f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens need {needed} cache "
-            f"slots but the {runner.name} runner holds {runner.max_len}; raise --max-len (for "
-            "an artifact: export it again with one) or ask for fewer tokens")
+    check_room(runner, len(prompt_ids), max_new_tokens)
     pick = Sampler(sampler)
     stops = set(stop_ids)
     start = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from model_zoo.tokenizer import Tokenizer, chat_prompt
-from runtimes.base import Runner, generate
+from runtimes.base import Runner, check_room, generate
 from runtimes.sampling import GREEDY, SamplerConfig
 
 
@@ -35,6 +35,10 @@ def generate_text(runner: Runner, tokenizer: Tokenizer, prompt: str, *, preset: 
     a stop token or `max_new_tokens`, and decodes the new tokens (the stop token left out)."""
     text_in = chat_prompt(prompt) if chat else prompt
     prompt_ids = tokenizer.encode(text_in, add_bos=True)
+    if getattr(runner, "text_only", False):
+        return _generate_on_text_runner(runner, tokenizer, text_in, prompt, prompt_ids,
+                                        preset=preset, weights=weights,
+                                        max_new_tokens=max_new_tokens, sampler=sampler)
     result = generate(runner, prompt_ids, max_new_tokens, tokenizer.stop_ids, sampler)
     shown = result.generated_ids
     if result.stop_reason == "stop_token":
@@ -45,3 +49,21 @@ def generate_text(runner: Runner, tokenizer: Tokenizer, prompt: str, *, preset: 
         text=tokenizer.decode(shown), stop_reason=result.stop_reason,
         prefill_tokens_per_second=round(result.prefill_tokens_per_second, 2),
         decode_tokens_per_second=round(result.decode_tokens_per_second, 2))
+
+
+def _generate_on_text_runner(runner, tokenizer: Tokenizer, text_in: str, prompt: str,
+                             prompt_ids: list[int], *, preset: str, weights: str,
+                             max_new_tokens: int, sampler: SamplerConfig) -> TextGeneration:
+    """A runtime that takes text and returns text (LiteRT-LM's engine adds BOS itself)."""
+    check_room(runner, len(prompt_ids), max_new_tokens)
+    text = runner.generate_text(text_in, max_new_tokens, sampler)
+    prefill_seconds, decode_seconds = runner.last_timings
+    generated = tokenizer.encode(text, add_bos=False)
+    return TextGeneration(
+        preset=preset, weights=weights, runtime=runner.name, prompt=prompt,
+        prompt_ids=prompt_ids, generated_ids=generated, text=text,
+        stop_reason="max_new_tokens" if len(generated) >= max_new_tokens else "stop_token",
+        prefill_tokens_per_second=round(len(prompt_ids) / prefill_seconds, 2)
+        if prefill_seconds else 0.0,
+        decode_tokens_per_second=round(len(generated) / decode_seconds, 2)
+        if decode_seconds else 0.0)

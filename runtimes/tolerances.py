@@ -8,15 +8,19 @@ float32 logits unless said otherwise).
   PyTorch) on tiny random configs, float32.
 - REAL_MODEL_FLOAT32: the real Gemma 3 270M against the HF float32 reference logits shipped in
   shared/refs (logits of magnitude ~30, 18 layers of float32 accumulation).
+- XNNPACK_FLOAT32: a float32 .tflite on the tiny presets run by LiteRT's XNNPACK kernels, whose
+  GEMMs block and accumulate differently on each CPU.
 """
 
 SAME_MATH_FLOAT32 = 1e-5
 INDEPENDENT_FLOAT32 = 1e-4
 REAL_MODEL_FLOAT32 = 2e-3
+XNNPACK_FLOAT32 = 1e-4
 
 # Artifacts against the JAX reference, by precision: an artifact passes when every logit is
 # within atol + rtol * max|reference logit| and every top-1 agrees. float32 artifacts run the
-# same math through another compiler (XLA with other shapes, IREE): summation order only.
+# same math through other kernels (XLA with other shapes, IREE, XNNPACK): summation order only,
+# which on the real 270M model (18 layers, |logits| ~25) comes to ~1e-5 of the largest logit.
 ARTIFACT_TOLERANCES = {
-    "float32": (1e-5, 1e-5),
+    "float32": (1e-5, 5e-5),
 }

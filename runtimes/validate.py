@@ -61,9 +61,10 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict:
 
 
 def prompt_ids(artifact: Artifact, decode_steps: int) -> dict[str, list[int]]:
-    """The fixed prompts as ids, each cut to leave room for the decode steps."""
+    """The fixed prompts as ids, each cut to leave room for the decode steps and the token the
+    last step yields (a text runner stores that one too)."""
     tokenizer = artifact.tokenizer()
-    room = artifact.max_len - decode_steps
+    room = artifact.max_len - decode_steps - 1
     if room < 2:
         raise GemmaforgeError(f"--decode-steps {decode_steps} leaves no room for a prompt in a "
                               f"cache of {artifact.max_len}")
@@ -83,36 +84,65 @@ def trajectory(runner: Runner, ids: list[int], forced: list[int] | None,
     return np.stack(logits), tokens
 
 
+def compare_text(runner, tokenizer, prompt: str, reference_tokens: list[int],
+                 stop_ids: tuple[int, ...]) -> dict:
+    """A text runner's greedy continuation against the reference's greedy tokens (cut at the
+    first stop token, which the runner does not print)."""
+    steps = len(reference_tokens)
+    expected = reference_tokens
+    for index, token in enumerate(reference_tokens):
+        if token in stop_ids:
+            expected = reference_tokens[:index]
+            break
+    text = runner.generate_text(prompt, steps)
+    reference = tokenizer.decode(expected)
+    # A streaming detokenizer holds back an unfinished UTF-8 sequence at the end: no text yet.
+    identical = text in (reference, reference.rstrip("\ufffd"))
+    return {"tokens": len(expected), "text_identical": identical,
+            "matching_characters": len(os.path.commonprefix([text, reference])),
+            "reference_characters": len(reference), "text": text, "reference_text": reference}
+
+
 def judge(metrics: dict, precision: str) -> bool:
+    if "text_identical" in metrics:
+        return metrics["text_identical"]
     atol, rtol = ARTIFACT_TOLERANCES[precision]
     return (metrics["max_abs_error"] <= atol + rtol * metrics["max_abs_logit"]
             and metrics["top1_agreement"] == metrics["positions"])
 
 
 def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None, *,
-                      decode_steps: int = DEFAULT_DECODE_STEPS, record: bool = True) -> dict:
+                      decode_steps: int = DEFAULT_DECODE_STEPS, record: bool = True,
+                      threads: int | None = None) -> dict:
     """Validates every runtime on the artifact; returns the report (and records it)."""
     artifact = open_artifact(path)
     runtimes = runtimes or runtimes_for(artifact)
     precision = artifact.manifest["precision"]
     prompts = prompt_ids(artifact, decode_steps)
+    tokenizer = artifact.tokenizer()
     reference = make_runner("jax", artifact)
     expected = {name: trajectory(reference, ids, None, decode_steps)
                 for name, ids in prompts.items()}
     results = {}
     for runtime in runtimes:
         started = time.perf_counter()
-        runner = make_runner(runtime, artifact)
+        runner = make_runner(runtime, artifact, threads=threads)
         load_seconds = time.perf_counter() - started
         per_prompt = {}
         for name, ids in prompts.items():
             ref_logits, forced = expected[name]
+            if getattr(runner, "text_only", False):
+                # The reference fed its greedy tokens back; the last logits give one more.
+                greedy = [*forced, int(np.argmax(ref_logits[-1]))]
+                per_prompt[name] = {"prompt_tokens": len(ids), "generation": compare_text(
+                    runner, tokenizer, tokenizer.decode(ids[1:]), greedy, tokenizer.stop_ids)}
+                continue
             logits, _ = trajectory(runner, ids, forced, decode_steps)
             per_prompt[name] = {"prompt_tokens": len(ids),
                                 "prefill": compare(ref_logits[:1], logits[:1]),
                                 "decode": compare(ref_logits[1:], logits[1:])}
-        passed = all(judge(p[part], precision) for p in per_prompt.values()
-                     for part in ("prefill", "decode"))
+        passed = all(judge(metrics, precision) for p in per_prompt.values()
+                     for part, metrics in p.items() if part != "prompt_tokens")
         results[runtime] = {"passed": passed, "load_seconds": round(load_seconds, 2),
                             "prompts": per_prompt}
         del runner  # one runtime's copy of the weights at a time
@@ -136,14 +166,18 @@ def summary(report: dict) -> dict:
     """The per-runtime worst case, as the manifest keeps it."""
     out = {"passed": report["passed"], "precision": report["precision"], "runtimes": {}}
     for runtime, result in report["runtimes"].items():
-        parts = [p[part] for p in result["prompts"].values() for part in ("prefill", "decode")]
-        out["runtimes"][runtime] = {
-            "passed": result["passed"],
-            "max_abs_error": max(p["max_abs_error"] for p in parts),
-            "top1_agreement": f"{sum(p['top1_agreement'] for p in parts)}/"
-                              f"{sum(p['positions'] for p in parts)}",
-            "kl_max": max(p["kl_max"] for p in parts),
-        }
+        parts = [metrics for p in result["prompts"].values()
+                 for part, metrics in p.items() if part != "prompt_tokens"]
+        row = {"passed": result["passed"]}
+        if "text_identical" in parts[0]:
+            row["greedy_texts_identical"] = (f"{sum(p['text_identical'] for p in parts)}/"
+                                             f"{len(parts)}")
+        else:
+            row.update(max_abs_error=max(p["max_abs_error"] for p in parts),
+                       top1_agreement=f"{sum(p['top1_agreement'] for p in parts)}/"
+                                      f"{sum(p['positions'] for p in parts)}",
+                       kl_max=max(p["kl_max"] for p in parts))
+        out["runtimes"][runtime] = row
     return out
 
 
@@ -164,6 +198,11 @@ def format_report(report: dict) -> str:
              f"reference jax"]
     lines.append(f"{'runtime':<12}{'max |err|':>12}{'top-1':>10}{'KL max':>12}  result")
     for runtime, row in summary(report)["runtimes"].items():
+        verdict = "pass" if row["passed"] else "FAIL"
+        if "greedy_texts_identical" in row:
+            lines.append(f"{runtime:<12}{'(text)':>12}{row['greedy_texts_identical']:>10}"
+                         f"{'':>12}  {verdict}  greedy continuations identical")
+            continue
         lines.append(f"{runtime:<12}{row['max_abs_error']:>12.3g}{row['top1_agreement']:>10}"
-                     f"{row['kl_max']:>12.3g}  {'pass' if row['passed'] else 'FAIL'}")
+                     f"{row['kl_max']:>12.3g}  {verdict}")
     return "\n".join(lines)

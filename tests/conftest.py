@@ -14,6 +14,23 @@ import model_zoo as mz  # noqa: E402
 TINY_PRESETS = ("tiny-gemma1", "tiny-gemma2", "tiny-gemma3")
 
 
+def expected_composites(config, *, logits: bool) -> dict[str, int]:
+    """How many of each fused op one forward of `config` carries."""
+    from model_zoo import composites
+
+    layers = config.num_layers
+    per_layer = 2 + 2 * config.use_post_attn_norm + 2 * config.use_qk_norm
+    # Without logits the last layer stops at its cache write: its pre-attention norm and key
+    # norm only, no attention; and there is no final norm.
+    norms = (layers * per_layer + 1 if logits
+             else (layers - 1) * per_layer + 1 + config.use_qk_norm)
+    counts = {composites.KV_CACHE_UPDATE: layers,
+              composites.SDPA: layers if logits else layers - 1, composites.RMS_NORM: norms}
+    if logits and config.final_logit_softcap is not None:
+        counts[composites.SOFT_CAP] = 1
+    return dict(sorted(counts.items()))
+
+
 @pytest.fixture(scope="session")
 def tiny_params():
     """Seeded random parameters of each tiny preset, made once per session."""
@@ -33,8 +50,8 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, tiny_params):
-    """A StableHLO artifact directory of each tiny preset (buckets 8 and 32, cache 128), made
-    once per session."""
+    """An artifact directory of each tiny preset, StableHLO and LiteRT (buckets 8 and 32,
+    cache 128), made once per session."""
     from exporter import export
 
     made = {}
@@ -45,7 +62,7 @@ def tiny_artifact(tmp_path_factory, tiny_params):
             model = mz.LoadedModel(config, tiny_params(name), mz.ByteTokenizer(),
                                    "random weights (seed 0)", True)
             out = tmp_path_factory.mktemp("artifacts") / name
-            export(model, out, buckets=(8, 32))
+            export(model, out, formats=("stablehlo", "litert"), buckets=(8, 32))
             made[name] = out
         return made[name]
 

@@ -139,6 +139,27 @@ def test_export_validate_run(capsys, tmp_path):
         == reference["generated_ids"]
 
 
+def test_export_litert_and_run_it_on_both_runtimes(capsys, tmp_path):
+    out = tmp_path / "art"
+    code, stdout, err = run(capsys, "export", "tiny-gemma2", "--out", str(out), "--to", "litert",
+                            "--buckets", "8", "--max-len", "64")
+    assert code == 0, err
+    assert "litert" in stdout and "pass" in stdout and "FAIL" not in stdout
+    code, stdout, err = run(capsys, "validate", str(out), "-r", "litert", "-r", "litert-lm",
+                            "--threads", "1", "--json")
+    assert code == 0 and json.loads(stdout)["passed"], err
+    texts = {}
+    for runtime in ("litert", "litert-lm", "jax"):
+        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
+                                "-n", "5", "--json")
+        assert code == 0, err
+        texts[runtime] = json.loads(stdout)["text"]
+    assert texts["litert"] == texts["litert-lm"] == texts["jax"]
+    # a stablehlo runtime on a LiteRT-only artifact is named as missing, in one line
+    code, _, err = run(capsys, "run", str(out), "--runtime", "iree", "-p", "Hi")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "stablehlo" in err
+
+
 def test_export_and_run_errors_are_one_line(capsys, tmp_path):
     out = tmp_path / "art"
     code, _, _ = run(capsys, "export", "tiny-gemma1", "--out", str(out), "--buckets", "8",

@@ -97,3 +97,29 @@ def test_stablehlo_artifact_reproduces_the_references(tmp_path_factory, model):
             result = generate(runner, model.tokenizer.encode(prompt), 32)
             assert result.generated_ids == ref["greedy"].tolist(), (runtime, name)
         del runner
+
+
+def test_litert_artifact_reproduces_the_references(tmp_path_factory, model):
+    from exporter import export
+    from runtimes.artifact import open_artifact
+    from runtimes.registry import make_runner
+    from runtimes.validate import validate_artifact
+
+    out = tmp_path_factory.mktemp("export") / "gemma3-270m-litert"
+    export(model, out, formats=("litert",), task=True)
+    report = validate_artifact(out, ["litert", "litert-lm", "litert-lm-task"])
+    assert report["passed"], report
+    artifact = open_artifact(out)
+    tflite = make_runner("litert", artifact)
+    engines = [make_runner("litert-lm", artifact), make_runner("litert-lm-task", artifact)]
+    for name, prompt in REF_PROMPTS.items():
+        ref = np.load(require(REFS / f"{name}.npz"))
+        ids = model.tokenizer.encode(prompt)
+        assert generate(tflite, ids, 32).generated_ids == ref["greedy"].tolist(), name
+        # The engine adds BOS itself and stops at <end_of_turn>; compare the text it printed.
+        greedy = ref["greedy"].tolist()
+        stop = next((i for i, t in enumerate(greedy) if t in model.tokenizer.stop_ids),
+                    len(greedy))
+        for engine in engines:
+            assert engine.generate_text(prompt, 32) == model.tokenizer.decode(greedy[:stop]), \
+                (engine.name, name)

@@ -1,0 +1,276 @@
+"""LiteRT artifacts for Android and iOS: a .tflite with `prefill_<T>` and `decode` signatures in
+the contract LiteRT-LM reads, and a .litertlm bundle (model, tokenizer, LlmMetadata).
+
+Each entry point is exported with `jax.export(platforms=("cpu",))`, weights as arguments, so its
+StableHLO module is small. In the converter's MLIR context every weight becomes one constant,
+created once from its array and used by every signature; the arguments are replaced by those
+constants, each module is converted by litert-converter (TensorFlow-free), and the modules are
+merged into one flatbuffer, weights stored once. Weights arrive one at a time, so the model never
+exists twice in Python: peak memory is the constants plus the converter's folded layouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax import export as jax_export
+
+from exporter.tflite_inspect import describe
+from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, kv_names
+from model_zoo.checkpoints.native import weight_specs
+from model_zoo.config import ModelConfig
+from model_zoo.errors import GemmaforgeError
+
+DIRECTORY = "litert"
+TFLITE = "model.tflite"
+BUNDLE = "model.litertlm"
+
+
+def _converter():
+    from litert_converter.mlir import ir, passmanager
+    from litert_converter.mlir._mlir_libs import converter_api_ext
+    from litert_converter.mlir.dialects import stablehlo
+
+    return ir, passmanager, converter_api_ext, stablehlo
+
+
+def _constants(context, specs: dict, weights: Iterable[tuple[str, np.ndarray]]) -> dict:
+    """One MLIR constant attribute per weight (the converter copies each array once)."""
+    ir = _converter()[0]
+    attributes = {}
+    with context, ir.Location.unknown():
+        for name, value in weights:
+            shape, dtype = specs[name]
+            value = np.ascontiguousarray(value, dtype=dtype)
+            if value.shape != shape:
+                raise GemmaforgeError(f"weight {name} has shape {value.shape}, expected {shape}")
+            attributes[name] = ir.DenseElementsAttr.get(
+                value, type=ir.RankedTensorType.get(shape, ir.F32Type.get()))
+    missing = set(specs) - set(attributes)
+    if missing:
+        raise GemmaforgeError(f"no values for weights {', '.join(sorted(missing)[:5])}")
+    return attributes
+
+
+def _main_function(module):
+    for operation in module.body.operations:
+        if (operation.operation.name == "func.func"
+                and operation.attributes["sym_name"].value == "main"):
+            return operation
+    raise GemmaforgeError("the exported module has no main function")
+
+
+def _bake_weights(module, attributes: dict, names: list[str]) -> None:
+    """Replaces main's leading weight arguments with constants and drops the arguments."""
+    ir, _, _, stablehlo = _converter()
+    main = _main_function(module)
+    block = main.regions[0].blocks[0]
+    with ir.InsertionPoint(block.operations[0]):
+        for index, name in enumerate(names):
+            block.arguments[index].replace_all_uses_with(
+                stablehlo.ConstantOp(attributes[name]).result)
+    for index in reversed(range(len(names))):
+        block.erase_argument(index)
+    signature = ir.FunctionType(main.attributes["function_type"].value)
+    main.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(
+        list(signature.inputs)[len(names):], list(signature.results)))
+    if "arg_attrs" in main.attributes:
+        old = main.attributes["arg_attrs"]
+        main.attributes["arg_attrs"] = ir.ArrayAttr.get(
+            [old[i] for i in range(len(names), len(old))])
+
+
+def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions, context,
+                  attributes: dict, fused: bool):
+    """One entry point as a converted TFL module with its signature set."""
+    ir, passmanager, converter, _ = _converter()
+    specs = weight_specs(config)
+    names = sorted(specs)
+    # 'BTD,VD->BTV' becomes FULLY_CONNECTED, which XNNPACK runs faster than a batch matmul.
+    function = entry_function(config, entry, fused=fused, table_left_head=False)
+    tokens, positions, cache = input_specs(config, entry, options.max_len)
+    weights = {n: jax.ShapeDtypeStruct(specs[n][0], specs[n][1]) for n in specs}
+    exported = jax_export.export(jax.jit(function, keep_unused=True),
+                                 platforms=("cpu",))(weights, tokens, positions, cache)
+    cache_names = sorted(kv_names(config))
+    with context, ir.Location.unknown():
+        module = ir.Module.parse(exported.mlir_module())
+        _bake_weights(module, attributes, names)
+        outputs = (["logits"] if entry.returns_logits else []) + cache_names
+        converter.set_signature(module.operation, entry.name,
+                                ["tokens", "input_pos", *cache_names], outputs)
+        try:
+            converter.run_convert_to_tfl_passes(module, passmanager.PassManager(),
+                                                converter.ConvertToTFLConfig())
+        except Exception as error:  # the converter raises bare RuntimeErrors with its diagnostics
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+            raise GemmaforgeError(f"litert-converter rejected {config.name}'s {entry.name}: "
+                                  f"{first}") from None
+    return module
+
+
+def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
+                 weights: Iterable[tuple[str, np.ndarray]], *, fused: bool = True) -> dict:
+    """Writes directory/model.tflite and returns its manifest section."""
+    ir, _, converter, _ = _converter()
+    context = ir.Context()
+    converter.prepare_mlir_context(context)
+    attributes = _constants(context, weight_specs(config), weights)
+    entries = [EntryPoint(f"prefill_{t}", t, False) for t in options.buckets]
+    entries.append(EntryPoint("decode", 1, True))
+    modules = [convert_entry(config, entry, options, context, attributes, fused)
+               for entry in entries]
+    path = directory / TFLITE
+    with context:
+        merged = converter.merge_modules(modules) if len(modules) > 1 else modules[0]
+        converter.export_flatbuffer_to_file(merged.operation, os.fspath(path))
+    structure = describe(path)
+    return {"file": f"{DIRECTORY}/{TFLITE}", "fused": fused,
+            "signatures": structure["signatures"]}
+
+
+def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_len: int):
+    """LiteRT-LM's LlmMetadata: start and stop tokens, the Gemma turn template, the context, the
+    model type and greedy sampling (TOP_P with k=1, what the CPU sampler implements)."""
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2, sampler_params_pb2
+
+    from model_zoo.config import Family
+    from model_zoo.tokenizer import END_OF_TURN, START_OF_TURN
+
+    metadata = llm_metadata_pb2.LlmMetadata()
+    metadata.start_token.token_ids.ids.append(bos_id)
+    for stop in stop_ids:
+        metadata.stop_tokens.add().token_ids.ids.append(stop)
+    for role in ("user", "model"):
+        affixes = getattr(metadata.prompt_templates, role)
+        affixes.prefix = f"{START_OF_TURN}{role}\n"
+        affixes.suffix = f"{END_OF_TURN}\n"
+    metadata.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
+    metadata.sampler_params.k = 1
+    metadata.sampler_params.p = 1.0
+    metadata.sampler_params.temperature = 1.0
+    metadata.max_num_tokens = max_len
+    if config.family is Family.GEMMA3:
+        metadata.llm_model_type.gemma3.SetInParent()
+    else:
+        metadata.llm_model_type.generic_model.SetInParent()
+    return metadata
+
+
+def write_litertlm(directory: Path, config: ModelConfig, tokenizer_model: Path, *, bos_id: int,
+                   stop_ids: list[int], max_len: int) -> dict:
+    """Bundles directory/model.tflite, the SentencePiece model and LlmMetadata into
+    directory/model.litertlm with litert-lm-builder."""
+    import litert_lm_builder
+
+    metadata_path = directory / ".llm_metadata.pb"
+    metadata_path.write_bytes(llm_metadata(config, bos_id=bos_id, stop_ids=stop_ids,
+                                           max_len=max_len).SerializeToString())
+    builder = litert_lm_builder.LitertLmFileBuilder()
+    builder.add_system_metadata(litert_lm_builder.Metadata(
+        key="model_name", value=config.name, dtype=litert_lm_builder.DType.STRING))
+    builder.add_llm_metadata(os.fspath(metadata_path), supports_thinking=False,
+                             supports_function_calling=False)
+    builder.add_sentencepiece_tokenizer(os.fspath(tokenizer_model))
+    # The engine's CPU default for text decoders is float16 activations; these are float32.
+    with contextlib.redirect_stdout(io.StringIO()):  # the builder prints; keep stdout for us
+        builder.add_tflite_model(os.fspath(directory / TFLITE),
+                                 litert_lm_builder.TfLiteModelType.PREFILL_DECODE,
+                                 prefer_activation_type="fp32")
+    with open(directory / BUNDLE, "wb") as stream:
+        builder.build(stream)
+    metadata_path.unlink()
+    return {"file": f"{DIRECTORY}/{BUNDLE}", "max_num_tokens": max_len, "start_token": bos_id,
+            "stop_tokens": stop_ids, "sampler": "TOP_P k=1 p=1 (greedy)"}
+
+
+# MediaPipe's LLM Inference bundle (`.task`): an uncompressed zip of the .tflite, the SentencePiece
+# model and an `odml.infra.proto.LlmParameters` message. The message is written here from its field
+# numbers (the mediapipe wheels that carry its Python class pin numpy<2 and protobuf<5).
+TASK = "model.task"
+TASK_ALIGNMENT = 64  # entry data offsets, so that runtimes can map the model in place
+_LLM_PARAMETERS = {"vocab_size": 2, "start_token_id": 4, "stop_tokens": 5, "start_token": 6,
+                   "prompt_template": 8}
+_PROMPT_TEMPLATE = {"prompt_prefix": 2, "prompt_suffix": 3}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def llm_parameters(*, vocab_size: int, start_id: int, start_token: str, stop_tokens: list[str],
+                   prompt_prefix: str, prompt_suffix: str) -> bytes:
+    """The serialized LlmParameters of a .task bundle."""
+    fields = _LLM_PARAMETERS
+    message = (_varint(fields["vocab_size"] << 3) + _varint(vocab_size)
+               + _varint(fields["start_token_id"] << 3) + _varint(start_id)
+               + _length_delimited(fields["start_token"], start_token.encode()))
+    for stop in stop_tokens:
+        message += _length_delimited(fields["stop_tokens"], stop.encode())
+    template = (_length_delimited(_PROMPT_TEMPLATE["prompt_prefix"], prompt_prefix.encode())
+                + _length_delimited(_PROMPT_TEMPLATE["prompt_suffix"], prompt_suffix.encode()))
+    return message + _length_delimited(fields["prompt_template"], template)
+
+
+def _write_aligned(archive, name: str, source: Path | bytes) -> None:
+    """Adds one stored entry whose data starts at a multiple of TASK_ALIGNMENT, padding with an
+    extra field (as zipalign does); large files are streamed."""
+    import shutil
+    import struct
+    import zipfile
+
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for the local header
+    offset = archive.fp.tell()
+    info.extra = struct.pack("<HH", 0xD935, 0)
+    info.CRC = info.compress_size = 0  # placeholders: the header's length does not depend on them
+    header = len(info.FileHeader(zip64))
+    padding = -(offset + header) % TASK_ALIGNMENT
+    info.extra = struct.pack("<HH", 0xD935, padding) + b"\0" * padding
+    with archive.open(info, "w", force_zip64=zip64) as entry:
+        if isinstance(source, Path):
+            with open(source, "rb") as stream:
+                shutil.copyfileobj(stream, entry, 1 << 24)
+        else:
+            entry.write(source)
+
+
+def write_task(directory: Path, tokenizer_model: Path, *, vocab_size: int, bos_id: int,
+               stop_ids: list[int]) -> dict:
+    """Writes directory/model.task (MediaPipe LLM Inference; LiteRT-LM loads it too)."""
+    import zipfile
+
+    import sentencepiece
+
+    from model_zoo.tokenizer import END_OF_TURN, START_OF_TURN
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=os.fspath(tokenizer_model))
+    stop_tokens = [pieces.id_to_piece(i) for i in stop_ids]
+    metadata = llm_parameters(
+        vocab_size=vocab_size, start_id=bos_id, start_token=pieces.id_to_piece(bos_id),
+        stop_tokens=stop_tokens, prompt_prefix=f"{START_OF_TURN}user\n",
+        prompt_suffix=f"{END_OF_TURN}\n{START_OF_TURN}model\n")
+    with zipfile.ZipFile(directory / TASK, "w", zipfile.ZIP_STORED) as archive:
+        _write_aligned(archive, "TF_LITE_PREFILL_DECODE", directory / TFLITE)
+        _write_aligned(archive, "TOKENIZER_MODEL", tokenizer_model)
+        _write_aligned(archive, "METADATA", metadata)
+    return {"file": f"{DIRECTORY}/{TASK}", "start_token": pieces.id_to_piece(bos_id),
+            "stop_tokens": stop_tokens}

@@ -1,0 +1,74 @@
+"""Reading a .tflite flatbuffer's structure (signatures, tensors, operators, composites) without
+loading its weights: what the manifest records and the tests assert."""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+
+import litert_converter.schema_py_generated as schema
+
+_BUILTIN_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items()
+                  if not name.startswith("_")}
+_TENSOR_TYPES = {value: name.lower() for name, value in vars(schema.TensorType).items()
+                 if not name.startswith("_")}
+
+
+def _tensor(subgraph, index: int) -> dict:
+    tensor = subgraph.Tensors(index)
+    return {"shape": [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else [],
+            "dtype": _TENSOR_TYPES.get(tensor.Type(), str(tensor.Type()))}
+
+
+def _tensors(subgraph, count: int, get) -> dict:
+    """A signature's named tensors -> shape and dtype."""
+    return {get(i).Name().decode(): _tensor(subgraph, get(i).TensorIndex()) for i in range(count)}
+
+
+def _operator_name(model, operator) -> str:
+    code = model.OperatorCodes(operator.OpcodeIndex())
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return f"CUSTOM:{code.CustomCode().decode()}"
+    return _BUILTIN_NAMES.get(builtin, str(builtin))
+
+
+def _composite_name(operator) -> str | None:
+    if operator.BuiltinOptions2Type() != schema.BuiltinOptions2.StableHLOCompositeOptions:
+        return None
+    table = operator.BuiltinOptions2()
+    options = schema.StableHLOCompositeOptions()
+    options.Init(table.Bytes, table.Pos)
+    return options.Name().decode()
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """Signatures with their named inputs and outputs (shape, dtype), per signature the
+    operators of its subgraph and the composites among them, and the bytes of constant data."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        model = schema.Model.GetRootAs(data, 0)
+        signatures = {}
+        for s in range(model.SignatureDefsLength()):
+            signature = model.SignatureDefs(s)
+            subgraph = model.Subgraphs(signature.SubgraphIndex())
+            ops, composites = collections.Counter(), collections.Counter()
+            for o in range(subgraph.OperatorsLength()):
+                operator = subgraph.Operators(o)
+                ops[_operator_name(model, operator)] += 1
+                name = _composite_name(operator)
+                if name is not None:
+                    composites[name] += 1
+
+            signatures[signature.SignatureKey().decode()] = {
+                "inputs": _tensors(subgraph, signature.InputsLength(), signature.Inputs),
+                "outputs": _tensors(subgraph, signature.OutputsLength(), signature.Outputs),
+                "ops": dict(sorted(ops.items())),
+                "composites": dict(sorted(composites.items())),
+            }
+        buffer_bytes = 0
+        for b in range(model.BuffersLength()):
+            buffer = model.Buffers(b)
+            buffer_bytes += buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
+        return {"signatures": signatures, "subgraphs": model.SubgraphsLength(),
+                "buffers": model.BuffersLength(), "buffer_bytes": buffer_bytes}

@@ -1,0 +1,109 @@
+"""The LiteRT runtimes: `litert` (ai-edge-litert's Interpreter on the .tflite signatures, XNNPACK
+on) and `litert-lm` (the LiteRT-LM engine on the .litertlm bundle, as Android and iOS apps run
+it). The engine takes text and returns text, so `litert-lm` is a text runner: validation
+compares its greedy continuation with the reference's."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from exporter.trace import DECODE, empty_cache
+from model_zoo.checkpoints.default import cache_dir
+from runtimes.artifact import Artifact
+from runtimes.entry_runner import EntryPointRunner
+from runtimes.sampling import GREEDY, SamplerConfig
+
+
+class LiteRTRunner(EntryPointRunner):
+    name = "litert"
+
+    def __init__(self, artifact: Artifact, *, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().__init__()
+        section = artifact.format("litert")
+        self.max_len = artifact.max_len
+        self.buckets = artifact.buckets
+        self.pad_id = artifact.config.pad_id
+        self._config = artifact.config
+        self._interpreter = Interpreter(model_path=str(artifact.root / section["file"]),
+                                        num_threads=threads)
+        self._signatures = {name: self._interpreter.get_signature_runner(name)
+                            for name in section["signatures"]}
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _reset(self) -> None:
+        self._cache = empty_cache(self._config, self.max_len)
+
+    def _call(self, entry: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray | None:
+        outputs = self._signatures[entry](tokens=tokens, input_pos=input_pos, **self._cache)
+        self._cache = {name: outputs[name] for name in self._cache}
+        return np.array(outputs["logits"][0, 0]) if entry == DECODE else None
+
+
+NO_CACHE = ":nocache"  # the engine's own spelling for "keep no weight cache"
+
+
+def engine_cache_dir(artifact: Artifact, bundle: str) -> str:
+    """Where the engine keeps its packed-weight (XNNPACK) cache. By default it writes a file as
+    large as the model beside the bundle, inside the artifact; ours lives in the gemmaforge
+    cache, one folder per bundle content (its sha256 from the manifest), or nowhere when the
+    manifest records no digest."""
+    digest = next((entry["sha256"] for entry in artifact.manifest.get("files", [])
+                   if entry["path"] == bundle), None)
+    if digest is None:
+        return NO_CACHE
+    path = cache_dir() / "litert-lm" / digest[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+class LiteRTLMRunner:
+    """Generation by the LiteRT-LM engine itself: text in, text out."""
+
+    name = "litert-lm"
+    text_only = True
+    last_timings = (0.0, 0.0)
+
+    def __init__(self, artifact: Artifact, *, threads: int | None = None,
+                 bundle: str = "bundle"):
+        """`bundle`: "bundle" runs the .litertlm, "task" the MediaPipe .task (same engine)."""
+        import litert_lm
+
+        litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
+        self._litert_lm = litert_lm
+        if bundle == "task":
+            self.name = "litert-lm-task"
+        self.max_len = artifact.max_len
+        path = artifact.format("litert")[bundle]["file"]
+        # The artifacts are float32; the engine's CPU default is float16 activations.
+        self._engine = litert_lm.Engine(
+            str(artifact.root / path), backend=litert_lm.Backend.CPU(thread_count=threads),
+            max_num_tokens=self.max_len, cache_dir=engine_cache_dir(artifact, path),
+            activation_data_type=litert_lm.ActivationDataType.FLOAT32)
+
+    def generate_text(self, prompt: str, max_new_tokens: int,
+                      sampler: SamplerConfig = GREEDY) -> str:
+        """The engine's continuation of `prompt` (it adds BOS and stops at the stop tokens).
+        `last_timings` keeps the (prefill, decode) seconds of the call."""
+        if sampler.greedy:
+            config = self._litert_lm.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0,
+                                                   seed=sampler.seed)
+        else:
+            config = self._litert_lm.SamplerConfig(
+                top_k=sampler.top_k or None, top_p=sampler.top_p,
+                temperature=sampler.temperature, seed=sampler.seed)
+        session = self._engine.create_session(apply_prompt_template=False,
+                                              sampler_config=config,
+                                              max_output_tokens=max_new_tokens)
+        try:
+            start = time.perf_counter()
+            session.run_prefill([prompt])
+            prefilled = time.perf_counter()
+            text = session.run_decode().texts[0]
+            self.last_timings = (prefilled - start, time.perf_counter() - prefilled)
+            return text
+        finally:
+            session.close()
