@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks import export, load, reference, runtimes
+from benchmarks import export, litert, load, reference, runtimes
 
 BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run,
-              "runtimes": runtimes.run}
+              "runtimes": runtimes.run, "litert": litert.run,
+              "litert-convert": litert.run_convert}
 
 
 def main(names: list[str]) -> None:

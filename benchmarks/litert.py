@@ -1,0 +1,171 @@
+"""LiteRT: what converting costs, and what the fused ops buy.
+
+`litert-convert`: `export(..., formats=("litert",))` in a fresh process, wall time and peak RSS, for
+gemma3-270m (its real weights) and gemma2-2b (random weights, drawn one tensor at a time as they
+stream into the converter). Validation excluded.
+
+`litert`: gemma3-270m exported twice, composites on and plain ops, then in the same run
+  - on `litert` (the Interpreter's signature runners, XNNPACK on): prefill and decode tokens/s;
+  - on `litert-lm`: the engine's own benchmark (prefill and decode tokens/s);
+  - how XNNPACK partitioned each signature, from the engine's verbose log: nodes it took, nodes
+    left to the interpreter, partitions, and whether the composite nodes themselves were taken
+    (a composite node left to the interpreter runs its decomposition subgraph, which XNNPACK
+    may still run piecewise: fused in name only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from benchmarks.common import median, save
+
+CONVERT = r"""
+import json, resource, sys, time
+import psutil
+from exporter import export
+from model_zoo.checkpoints.default import default_checkpoint
+from model_zoo.loading import load
+preset, out = sys.argv[1], sys.argv[2]
+default_checkpoint(preset)  # a packaged checkpoint is assembled and hashed before the clock
+baseline = psutil.Process().memory_info().rss
+start = time.perf_counter()
+model = load(preset, materialize=False)
+export(model, out, formats=("litert",), force=True)
+done = time.perf_counter()
+print(json.dumps({"seconds": done - start, "baseline": baseline,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+# Run in a child so that the engine's native log (stderr) can be read.
+ENGINE = r"""
+import json, sys
+import litert_lm
+litert_lm.set_min_log_severity(litert_lm.LogSeverity.VERBOSE)
+bundle, prefill, decode, repeats, threads = sys.argv[1], *map(int, sys.argv[2:6])
+cache = sys.argv[6]  # the packed-weight cache, as apps keep it (":nocache" runs several x slower)
+runs = []
+for _ in range(repeats + 1):  # the first run writes the weight cache
+    info = litert_lm.Benchmark(bundle, backend=litert_lm.Backend.CPU(thread_count=threads),
+                               prefill_tokens=prefill,
+                               decode_tokens=decode, max_num_tokens=prefill + decode + 8,
+                               cache_dir=cache,
+                               activation_data_type=litert_lm.ActivationDataType.FLOAT32).run()
+    runs.append({"prefill": info.last_prefill_tokens_per_second,
+                 "decode": info.last_decode_tokens_per_second})
+print(json.dumps(runs[1:]))
+"""
+
+PARTITION = re.compile(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \((\w+)\) node, "
+                       r"yielding (\d+) partitions for subgraph \d+ \(([^)]+)\)")
+
+CONVERT_PRESETS = ("gemma3-270m", "gemma2-2b")
+
+
+def run_convert(presets: tuple[str, ...] = CONVERT_PRESETS) -> dict:
+    rows = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for preset in presets:
+            done = subprocess.run([sys.executable, "-c", CONVERT, preset, f"{scratch}/{preset}"],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:  # recorded, not raised: a failure to convert is a result
+                reason = (f"killed by signal {-done.returncode} (out of memory?)"
+                          if done.returncode < 0 else
+                          (done.stderr.strip().splitlines() or ["no message"])[-1])
+                rows[preset] = {"error": reason}
+                continue
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            tflite = f"{scratch}/{preset}/litert/model.tflite"
+            rows[preset] = {
+                "seconds": measured["seconds"],
+                "peak_rss_mib": measured["peak"] / 2**20,
+                "peak_over_baseline_mib": (measured["peak"] - measured["baseline"]) / 2**20,
+                "tflite_bytes": _size(tflite),
+                **_weight_bytes(f"{scratch}/{preset}"),
+            }
+            subprocess.run(["rm", "-rf", f"{scratch}/{preset}"], check=True)
+    result = {"precision": "float32", "presets": rows}
+    save("litert-convert", result)
+    return result
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path)
+
+
+def _weight_bytes(root: str) -> dict:
+    from exporter.tflite_inspect import describe
+
+    structure = describe(f"{root}/litert/model.tflite")
+    return {"buffer_bytes": structure["buffer_bytes"],
+            "weights_bytes": _size(f"{root}/weights.safetensors"),
+            "signatures": sorted(structure["signatures"])}
+
+
+def partitions(log: str) -> dict:
+    """{signature: {delegated, nodes, partitions}} from the engine's VERBOSE log, and the
+    composite decomposition subgraphs XNNPACK prepared (each a sign that the composite node
+    itself was left to the interpreter)."""
+    signatures, decompositions = {}, set()
+    for taken, total, _, parts, subgraph in PARTITION.findall(log):
+        if subgraph.startswith(("odml.", "gemmaforge.")):
+            decompositions.add(subgraph)
+        else:
+            signatures[subgraph] = {"delegated": int(taken), "nodes": int(total),
+                                    "partitions": int(parts)}
+    return {"signatures": signatures, "decomposition_subgraphs_delegated": len(decompositions)}
+
+
+def run(repeats: int = 5, new_tokens: int = 32, engine_prefill: int = 128,
+        engine_decode: int = 64, threads: int = 2) -> dict:
+    from benchmarks.common import time_generation
+    from exporter import export
+    from exporter.tflite_inspect import describe
+    from model_zoo.loading import load
+    from runtimes.artifact import open_artifact
+    from runtimes.registry import make_runner
+
+    rows = {}
+    model = load("gemma3-270m", materialize=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, fused in (("composites", True), ("plain", False)):
+            root = f"{scratch}/{label}"
+            export(model, root, formats=("litert",), fused=fused)
+            artifact = open_artifact(root)
+            prompt = artifact.tokenizer().encode(
+                " ".join(["The sea is calm and the waves are low."] * 12))[:100]
+            prefill, decode = time_generation(make_runner("litert", artifact, threads=threads),
+                                              prompt,
+                                              new_tokens, repeats)
+            bundle = str(artifact.root / artifact.format("litert")["bundle"]["file"])
+            engine = subprocess.run([sys.executable, "-c", ENGINE, bundle, str(engine_prefill),
+                                     str(engine_decode), str(repeats), str(threads),
+                                     tempfile.mkdtemp(dir=scratch)],
+                                    capture_output=True, text=True, check=True)
+            engine_runs = json.loads(engine.stdout.strip().splitlines()[-1])
+            structure = describe(f"{root}/litert/model.tflite")
+            rows[label] = {
+                "litert": {"prefill_tokens_per_second_median": prefill,
+                           "decode_tokens_per_second_median": decode},
+                "litert-lm": {
+                    "prefill_tokens_per_second_median": median([r["prefill"]
+                                                                for r in engine_runs]),
+                    "decode_tokens_per_second_median": median([r["decode"]
+                                                               for r in engine_runs])},
+                "decode_composites": structure["signatures"]["decode"]["composites"],
+                "xnnpack": partitions(engine.stderr),
+            }
+    result = {"preset": "gemma3-270m", "precision": "float32", "repeats": repeats,
+              "litert_prompt_tokens": len(prompt), "litert_new_tokens": new_tokens,
+              "engine_prefill_tokens": engine_prefill, "engine_decode_tokens": engine_decode,
+              "threads": threads, "variants": rows,
+              "decode_speedup_of_composites": {
+                  name: rows["composites"][name]["decode_tokens_per_second_median"]
+                  / rows["plain"][name]["decode_tokens_per_second_median"]
+                  for name in ("litert", "litert-lm")}}
+    save("litert", result)
+    return result
