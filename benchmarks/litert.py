@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,17 +85,13 @@ def run_convert(presets: tuple[str, ...] = CONVERT_PRESETS) -> dict:
                 "seconds": measured["seconds"],
                 "peak_rss_mib": measured["peak"] / 2**20,
                 "peak_over_baseline_mib": (measured["peak"] - measured["baseline"]) / 2**20,
-                "tflite_bytes": _size(tflite),
+                "tflite_bytes": os.path.getsize(tflite),
                 **_weight_bytes(f"{scratch}/{preset}"),
             }
-            subprocess.run(["rm", "-rf", f"{scratch}/{preset}"], check=True)
+            shutil.rmtree(f"{scratch}/{preset}")
     result = {"precision": "float32", "presets": rows}
     save("litert-convert", result)
     return result
-
-
-def _size(path: str) -> int:
-    return os.path.getsize(path)
 
 
 def _weight_bytes(root: str) -> dict:
@@ -102,7 +99,7 @@ def _weight_bytes(root: str) -> dict:
 
     structure = describe(f"{root}/litert/model.tflite")
     return {"buffer_bytes": structure["buffer_bytes"],
-            "weights_bytes": _size(f"{root}/weights.safetensors"),
+            "weights_bytes": os.path.getsize(f"{root}/weights.safetensors"),
             "signatures": sorted(structure["signatures"])}
 
 

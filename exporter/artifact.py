@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -22,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from model_zoo.checkpoints.default import sha256_of
 from model_zoo.errors import GemmaforgeError
 
 MANIFEST = "manifest.json"
@@ -60,14 +60,6 @@ def atomic_directory(out: str | os.PathLike, *, force: bool = False) -> Iterator
         os.replace(scratch, out)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entries(root: Path) -> list[dict]:
     """Every artifact file but the manifest and the reports, with size and sha256."""
     entries = []
@@ -76,7 +68,7 @@ def file_entries(root: Path) -> list[dict]:
         if relative.name == MANIFEST or relative.parts[0] == REPORT_DIR:
             continue
         entries.append({"path": str(relative), "size": path.stat().st_size,
-                        "sha256": sha256_file(path)})
+                        "sha256": sha256_of(path)})
     return entries
 
 

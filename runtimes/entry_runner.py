@@ -12,11 +12,15 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter.trace import DECODE
 from model_zoo.errors import GemmaforgeError
+
+if TYPE_CHECKING:
+    from runtimes.artifact import Artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +55,16 @@ def plan_chunks(count: int, buckets: Sequence[int], max_len: int, start: int = 0
 class EntryPointRunner(abc.ABC):
     """The Runner protocol on top of `_reset` and `_call` (one entry point, cache held inside).
 
-    Subclasses set `name`, `max_len`, `buckets` and `pad_id`.
+    Subclasses set `name`; the cache length, buckets, pad id and config come from the artifact.
     """
 
     name: str
-    max_len: int
-    buckets: tuple[int, ...]
-    pad_id: int = 0
 
-    def __init__(self) -> None:
+    def __init__(self, artifact: Artifact) -> None:
+        self.max_len: int = artifact.max_len
+        self.buckets: tuple[int, ...] = artifact.buckets
+        self.pad_id: int = artifact.config.pad_id
+        self._config = artifact.config
         self._position: int | None = None
 
     @abc.abstractmethod

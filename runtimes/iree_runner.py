@@ -56,12 +56,8 @@ class IreeRunner(EntryPointRunner):
     def __init__(self, artifact: Artifact):
         import iree.runtime as iree_runtime
 
-        super().__init__()
+        super().__init__(artifact)
         section = artifact.format("stablehlo")
-        self.max_len = artifact.max_len
-        self.buckets = artifact.buckets
-        self.pad_id = artifact.config.pad_id
-        self._config = artifact.config
         platforms = section["platforms"]
         if "cpu" not in platforms:
             raise GemmaforgeError(f"{artifact.root} was not lowered for cpu; IREE's llvm-cpu "

@@ -22,12 +22,8 @@ class LiteRTRunner(EntryPointRunner):
     def __init__(self, artifact: Artifact, *, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        super().__init__()
+        super().__init__(artifact)
         section = artifact.format("litert")
-        self.max_len = artifact.max_len
-        self.buckets = artifact.buckets
-        self.pad_id = artifact.config.pad_id
-        self._config = artifact.config
         self._interpreter = Interpreter(model_path=str(artifact.root / section["file"]),
                                         num_threads=threads)
         self._signatures = {name: self._interpreter.get_signature_runner(name)

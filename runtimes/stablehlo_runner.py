@@ -21,12 +21,8 @@ class StableHLORunner(EntryPointRunner):
     name = "stablehlo"
 
     def __init__(self, artifact: Artifact):
-        super().__init__()
+        super().__init__(artifact)
         section = artifact.format("stablehlo")
-        self.max_len = artifact.max_len
-        self.buckets = artifact.buckets
-        self.pad_id = artifact.config.pad_id
-        self._config = artifact.config
         self._replicated = None
         shardings = None
         if "mesh" in section:

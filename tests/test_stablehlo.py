@@ -12,8 +12,8 @@ from jax import export as jax_export
 
 import model_zoo as mz
 from exporter import export, read_manifest
-from exporter.artifact import sha256_file
 from exporter.trace import EntryPoint, empty_cache, entry_function, flat_weights
+from model_zoo.checkpoints.default import sha256_of
 from model_zoo.sharding import make_mesh
 from runtimes.artifact import open_artifact
 from runtimes.registry import make_runner
@@ -44,7 +44,7 @@ def test_manifest_describes_the_artifact(name, tiny_artifact):
     assert len(decode["outputs"]) == 1 + 2 * config.num_layers
     assert section["entry_points"]["prefill"]["inputs"][0]["shape"] == [1, "T"]
     for entry in manifest["files"]:
-        assert sha256_file(root / entry["path"]) == entry["sha256"]
+        assert sha256_of(root / entry["path"]) == entry["sha256"]
     assert {"jax", "jaxlib", "flax", "gemmaforge"} <= set(manifest["tools"])
     assert manifest["config"]["num_layers"] == config.num_layers
 
