@@ -128,7 +128,7 @@ def export_command(
         None, help="Preset name; optional with an HF folder as --checkpoint."),
     out: str = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
     to: str = typer.Option("stablehlo", "--to",
-                           help="Formats, comma-separated: stablehlo, litert."),
+                           help="Formats, comma-separated: stablehlo, onnx, litert."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c",
                                           help="Weights (default: the preset's packaged ones)."),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer.model to bundle."),
@@ -144,6 +144,9 @@ def export_command(
     seed: int = typer.Option(0, "--seed", help="Seed of random weights (presets without any)."),
     task: bool = typer.Option(False, "--task",
                               help="Also write a MediaPipe .task bundle (with --to litert)."),
+    onnx_profile: str = typer.Option(
+        "ort", "--onnx-profile",
+        help="ONNX ops: ort (ONNX Runtime's fused contrib ops) or standard (opset 23 only)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
                                   help="Validate each format on its main runtime after export."),
@@ -158,7 +161,7 @@ def export_command(
     manifest = export(model, out, formats=formats, max_len=max_len,
                       buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
                       mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, task=task,
-                      force=force)
+                      onnx_profile=onnx_profile, force=force)
     report = None
     if validate:  # the quick check; `gemmaforge validate` runs every runtime
         report = validate_artifact(out, [PRIMARY[name] for name in formats])

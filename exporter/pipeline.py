@@ -19,6 +19,8 @@ from exporter.artifact import (
 )
 from exporter.litert import DIRECTORY as LITERT_DIRECTORY
 from exporter.litert import write_litertlm, write_task, write_tflite
+from exporter.onnx_export import write_onnx
+from exporter.onnx_fused import PROFILES
 from exporter.stablehlo import write_stablehlo
 from exporter.trace import resolve_options
 from model_zoo.checkpoints.native import weight_specs, write_safetensors
@@ -27,16 +29,12 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
 from model_zoo.spm import GemmaTokenizer
 
-FORMATS = ("stablehlo", "litert")
-COMING = ("onnx",)
+FORMATS = ("stablehlo", "onnx", "litert")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     for name in formats:
-        if name in COMING:
-            raise GemmaforgeError(f"--to {name} is not available yet; formats: "
-                                  f"{', '.join(FORMATS)}")
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
     if not formats:
@@ -62,15 +60,19 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
            max_len: int | None = None, buckets: tuple[int, ...] | None = None,
            platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
            fused: bool = True, symbolic_prefill: bool = True, task: bool = False,
-           force: bool = False) -> dict:
+           onnx_profile: str = "ort", force: bool = False) -> dict:
     """Writes `out` (atomically) and returns its manifest. Validation is a separate step:
     `runtimes.validate.validate_artifact(out)`. `task` adds a MediaPipe .task bundle to the
-    LiteRT files."""
+    LiteRT files; `onnx_profile` picks the ONNX ops ("ort": ONNX Runtime's fused contrib ops,
+    "standard": standard opset-23 ops only)."""
     for name in formats:
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
     if task and "litert" not in formats:
         raise GemmaforgeError("--task bundles the LiteRT model: add litert to --to")
+    if onnx_profile not in PROFILES:
+        raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
+                              f"{', '.join(PROFILES)}")
     options = resolve_options(model.config, max_len, buckets, fused=fused,
                               symbolic_prefill=symbolic_prefill)
     started = time.perf_counter()
@@ -92,6 +94,10 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
                 model.config, root, options, platforms=platforms, mesh=mesh)
+        if "onnx" in formats:
+            manifest["formats"]["onnx"] = write_onnx(
+                model.config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,
+                tokenizer_file=root / TOKENIZER, tokenizer=manifest["tokenizer"])
         if "litert" in formats:
             directory = root / LITERT_DIRECTORY
             directory.mkdir()
@@ -107,6 +113,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
                     bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"])
             manifest["formats"]["litert"] = section
         tools = ["jax", "jaxlib", "flax", "numpy"]
+        if "onnx" in formats:
+            tools += ["onnx"]
         if "litert" in formats:
             tools += ["litert-converter", "litert-lm-builder"]
         manifest["tools"] = tool_versions(*tools)

@@ -59,11 +59,14 @@ class EntryPoint:
       name: "prefill_<T>", "decode" or "prefill" (symbolic length).
       tokens: T, the tokens it takes; None when symbolic.
       returns_logits: decode does, prefill does not.
+      every_position: logits for every new token ([1, T, V]) instead of the last ([1, 1, V]),
+        as onnxruntime-genai reads them.
     """
 
     name: str
     tokens: int | None
     returns_logits: bool
+    every_position: bool = False
 
     @property
     def symbolic(self) -> bool:
@@ -137,7 +140,7 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
           table_left_head: bool):
     cache = KVCache(k=tuple(kv_cache[f"kv_cache_k_{i}"] for i in range(config.num_layers)),
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
-    last = jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
+    last = None if entry.every_position else jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, fused=fused,
                           logits_index=last, table_left_head=table_left_head,
                           logits=entry.returns_logits)
@@ -149,15 +152,18 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
 
 
 def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
-                   params: Params | None = None, table_left_head: bool = True) -> Callable:
+                   params: Params | None = None, table_left_head: bool = True,
+                   symbolic_composites: bool = False) -> Callable:
     """The pure function of one entry point.
 
     With `params` None it takes `weights` (dotted names -> arrays) first:
     `f(weights, tokens, input_pos, kv_cache)`; otherwise the parameters are constants:
     `f(tokens, input_pos, kv_cache)`. `table_left_head` picks the LM head's form for the
-    kernels that will run it (see `model_zoo.layers.Embedder.decode`).
+    kernels that will run it (see `model_zoo.layers.Embedder.decode`). Composites are
+    dropped under a symbolic length, which jax.export cannot lower (jax-ml/jax#40486), unless
+    `symbolic_composites` says the consumer reads the jaxpr itself (the ONNX writer).
     """
-    fused = fused and not entry.symbolic
+    fused = fused and (symbolic_composites or not entry.symbolic)
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
             return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,

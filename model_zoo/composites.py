@@ -64,17 +64,20 @@ def _sdpa(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: f
 
 
 def _kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_new: jax.Array,
-                     v_new: jax.Array, *, kv_cache_max: int) -> tuple[jax.Array, jax.Array]:
+                     v_new: jax.Array, *, kv_cache_max: int,
+                     window: int) -> tuple[jax.Array, jax.Array]:
     """Writes T new entries into each cache row at its own start slot.
 
     Args:
       k_cache, v_cache: [B, K, S, H] with S == kv_cache_max.
       start: int32 [B], first slot written in each row.
       k_new, v_new: [B, K, T, H].
+      kv_cache_max, window: attributes for consumers whose attention op writes the cache
+        itself (ONNX): the cache length and the layer's local window (0: global).
     Returns:
       The updated (k_cache, v_cache).
     """
-    del kv_cache_max  # an attribute for consumers; the shapes already carry it
+    del kv_cache_max, window
     if k_cache.shape[0] == 1:
         # One row (every on-device signature): a plain dynamic_update_slice, no scatter.
         index = (0, 0, start[0], 0)
@@ -117,10 +120,12 @@ def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask:
 
 
 def kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_new: jax.Array,
-                    v_new: jax.Array, *, fused: bool) -> tuple[jax.Array, jax.Array]:
-    """See `_kv_cache_update`."""
+                    v_new: jax.Array, *, window: int | None,
+                    fused: bool) -> tuple[jax.Array, jax.Array]:
+    """See `_kv_cache_update`; `window` None for a global layer."""
     op = _kv_cache_update_composite if fused else _kv_cache_update
-    return op(k_cache, v_cache, start, k_new, v_new, kv_cache_max=int(k_cache.shape[2]))
+    return op(k_cache, v_cache, start, k_new, v_new, kv_cache_max=int(k_cache.shape[2]),
+              window=int(window or 0))
 
 
 def logit_soft_cap(x: jax.Array, cap: float, *, fused: bool) -> jax.Array:

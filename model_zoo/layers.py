@@ -161,7 +161,7 @@ class Attention(nnx.Module):
         # [B, T, K, H] -> [B, K, T, H]
         return composites.kv_cache_update(
             k_cache, v_cache, positions[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-            fused=fused)
+            window=self.spec.window, fused=fused)
 
 
 class FeedForward(nnx.Module):

@@ -45,11 +45,25 @@ def _litert_lm_task(artifact: Artifact, threads: int | None):
     return LiteRTLMRunner(artifact, threads=threads, bundle="task")
 
 
+def _onnxruntime(artifact: Artifact, threads: int | None) -> Runner:
+    from runtimes.onnx_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(artifact, threads=threads)
+
+
+def _ort_genai(artifact: Artifact, threads: int | None) -> Runner:
+    from runtimes.onnx_runner import OrtGenaiRunner
+
+    return OrtGenaiRunner(artifact, threads=threads)
+
+
 # name -> (format the runner reads, factory); "reference" needs only the weights.
 RUNTIMES: dict[str, tuple[str, Callable]] = {
     "jax": ("reference", _jax),
     "stablehlo": ("stablehlo", _stablehlo),
     "iree": ("stablehlo", _iree),
+    "onnxruntime": ("onnx", _onnxruntime),
+    "ort-genai": ("onnx", _ort_genai),
     "litert": ("litert", _litert),
     "litert-lm": ("litert", _litert_lm),
     "litert-lm-task": ("litert", _litert_lm_task),
@@ -57,7 +71,7 @@ RUNTIMES: dict[str, tuple[str, Callable]] = {
 # Runtimes that need an optional part of their format's section: (key, how to get it).
 OPTIONAL_PARTS = {"litert-lm-task": ("task", "export with --task")}
 # The runtime a format is checked on right after export.
-PRIMARY = {"stablehlo": "stablehlo", "litert": "litert"}
+PRIMARY = {"stablehlo": "stablehlo", "onnx": "onnxruntime", "litert": "litert"}
 
 
 def runtimes_for(artifact: Artifact) -> list[str]:
