@@ -90,7 +90,8 @@ def weight_constants(path: Path, config: ModelConfig) -> dict[str, Const]:
     return constants
 
 
-def _preamble(config: ModelConfig, profile: str) -> tuple[Ops, Context, str, str]:
+def _preamble(config: ModelConfig, profile: str,
+              max_len: int) -> tuple[Ops, Context, str, str]:
     """The graph-level values every layer reads: the int32 tokens and positions, the token
     count T, and for GroupQueryAttention the cache lengths from the attention mask."""
     ops = Ops("inputs")
@@ -107,7 +108,7 @@ def _preamble(config: ModelConfig, profile: str) -> tuple[Ops, Context, str, str
                                  ops.ints([2])])
         total = ops.op("Cast", [ops.op("Squeeze", [width, ops.ints([0])])],
                        to=TensorProto.INT32)
-    ctx = Context(profile, {"T": count}, positions, seqlens, total)
+    ctx = Context(profile, {"T": count}, positions, seqlens, total, max_len)
     return ops, ctx, tokens, input_pos
 
 
@@ -119,11 +120,11 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
                               f"{', '.join(PROFILES)}")
     (length,) = jax_export.symbolic_shape("T", constraints=(f"T <= {options.max_len}",))
     function = entry_function(config, STEP, fused=True, table_left_head=False,
-                              symbolic_composites=True)
+                              symbolic_composites=True, fused_rope=True)
     specs = (weight_specs(config), *input_specs(config, STEP, options.max_len, length))
     closed = jax.make_jaxpr(function)(*specs)
 
-    preamble, ctx, tokens, input_pos = _preamble(config, profile)
+    preamble, ctx, tokens, input_pos = _preamble(config, profile, options.max_len)
     cache_inputs = {name: _cache_input_name(name) for name in specs[3]}
     args = jax.tree_util.tree_leaves(
         (weights, tokens, input_pos, cache_inputs),

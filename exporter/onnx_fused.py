@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 import onnx
 
-from exporter.onnx_graph import MS_DOMAIN, Context, Ops, Pending
-from model_zoo.composites import KV_CACHE_UPDATE, RMS_NORM, SDPA, SOFT_CAP
+from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, Pending, Value
+from model_zoo.composites import KV_CACHE_UPDATE, RMS_NORM, ROPE, SDPA, SOFT_CAP, rope_angles
 
 PROFILES = ("ort", "standard")
 TRANSPOSE_SK = (0, 2, 1, 3)  # [B, K, S, H] <-> [B, S, K, H]
@@ -41,6 +42,49 @@ def _rms_norm(ops: Ops, ctx: Context, eqn, inputs, attributes):
 def _soft_cap(ops: Ops, ctx: Context, eqn, inputs, attributes):
     cap = ops.const(attributes["cap"], np.float32)
     return [ops.op("Mul", [ops.op("Tanh", [ops.op("Div", [inputs[0], cap])]), cap])]
+
+
+def _rope_tables(ctx: Context, head_dim: int, base: float, scale: float) -> tuple[Const, Const]:
+    """cos and sin [max_len, H/2] of every position, computed by the reference's own code."""
+    angles = np.asarray(rope_angles(jnp.arange(ctx.max_len), head_dim, base, scale))
+    key = f"rope_{head_dim}_{base:g}_{scale:g}_{ctx.max_len}"
+    return (Const.of(f"{key}.cos", np.cos(angles).astype(np.float32)),
+            Const.of(f"{key}.sin", np.sin(angles).astype(np.float32)))
+
+
+def _rotate(ops: Ops, ctx: Context, x: Value, positions: Value, shape, attributes) -> str:
+    """x [B, T, N, H] rotated at int32 positions [B, T], by the profile's rotary op."""
+    _, _, heads, head_dim = shape
+    cos, sin = _rope_tables(ctx, head_dim, attributes["base"], attributes["scale"])
+    # [B, T, N, H] -> [B, T, N*H]
+    flat = ops.op("Reshape", [x, ops.ints([0, 0, heads * head_dim])])
+    ids = ops.op("Cast", [positions], to=onnx.TensorProto.INT64)
+    if ctx.profile == "ort":
+        rotated = ops.op("RotaryEmbedding", [flat, ids, cos, sin], domain=MS_DOMAIN,
+                         interleaved=0, num_heads=heads)
+    else:
+        rotated = ops.op("RotaryEmbedding", [flat, cos, sin, ids], interleaved=0,
+                         num_heads=heads)
+    return ops.op("Reshape", [rotated, ops.ints([0, 0, heads, head_dim])])
+
+
+def _rope(ops: Ops, ctx: Context, eqn, inputs, attributes):
+    """The standard profile rotates here; the ort profile leaves it to GroupQueryAttention
+    when the rotated queries and keys both reach one (`materialize` otherwise)."""
+    if ctx.profile == "ort":
+        return [Pending(ROPE, (*inputs, tuple(eqn.invars[0].aval.shape)), 0, attributes)]
+    return [_rotate(ops, ctx, *inputs, eqn.invars[0].aval.shape, attributes)]
+
+
+def materialize(ops: Ops, ctx: Context, value: Value) -> Value:
+    """A pending rotation computed where a plain op needs it (other pendings pass through)."""
+    if not (isinstance(value, Pending) and value.kind == ROPE):
+        return value
+    x, positions, shape = value.inputs
+    rotated = _rotate(ops, ctx, x, positions, shape, value.params)
+    if value.transposed is not None:
+        rotated = ops.op("Transpose", [rotated], perm=list(value.transposed))
+    return rotated
 
 
 def _kv_cache_update(ops: Ops, ctx: Context, eqn, inputs, attributes):
@@ -68,16 +112,32 @@ def _sdpa(ops: Ops, ctx: Context, eqn, inputs, attributes):
     scale = float(attributes["scale"])
     cap = attributes.get("logit_cap")
     if ctx.profile == "ort":
-        def flat(x4):  # [B, K, T, H] -> [B, T, K*H]
-            return ops.op("Reshape", [ops.op("Transpose", [x4], perm=list(TRANSPOSE_SK)),
-                                      ops.ints([0, 0, kv_heads * head_dim])])
+        # GroupQueryAttention rotates queries and keys itself when both arrive unrotated
+        # with the same rotation (at positions following the cache, as every step has them).
+        rotary = (isinstance(q, Pending) and isinstance(k_new, Pending)
+                  and q.kind == k_new.kind == ROPE and q.params == k_new.params
+                  and k_new.transposed == TRANSPOSE_SK)
+        tables = [None, None]
+        if rotary:
+            tables = list(_rope_tables(ctx, head_dim, q.params["base"], q.params["scale"]))
+            q, k_heads_last = q.inputs[0], k_new.inputs[0]  # [B, T, N, H], [B, T, K, H]
+        else:
+            q = materialize(ops, ctx, q)
+            k_heads_last = ops.op("Transpose", [materialize(ops, ctx, k_new)],
+                                  perm=list(TRANSPOSE_SK))
+        v_heads_last = ops.op("Transpose", [v_new], perm=list(TRANSPOSE_SK))
+        # [B, T, N, H] -> [B, T, N*H]; [B, T, K, H] -> [B, T, K*H]
         query = ops.op("Reshape", [q, ops.ints([0, 0, heads * head_dim])])
+        key_new = ops.op("Reshape", [k_heads_last, ops.ints([0, 0, kv_heads * head_dim])])
+        value_new = ops.op("Reshape", [v_heads_last, ops.ints([0, 0, kv_heads * head_dim])])
         out, present_k, present_v = ops.op(
             "GroupQueryAttention",
-            [query, flat(k_new), flat(v_new), k_cache, v_cache, ctx.seqlens_k, ctx.total_length],
+            [query, key_new, value_new, k_cache, v_cache, ctx.seqlens_k, ctx.total_length,
+             *tables],
             outputs=3, domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=scale,
             softcap=float(cap) if cap is not None else None,
-            local_window_size=window if window else -1, do_rotary=0)
+            local_window_size=window if window else -1, do_rotary=int(rotary),
+            rotary_interleaved=0 if rotary else None)
         # [B, T, N*H] -> [B, T, N, H]
         attended = ops.op("Reshape", [out, ops.ints([0, 0, heads, head_dim])])
     else:
@@ -122,7 +182,11 @@ COMPOSITES: dict[str, Callable] = {
     SOFT_CAP: _emitter(_soft_cap),
     KV_CACHE_UPDATE: _emitter(_kv_cache_update),
     SDPA: _emitter(_sdpa),
+    ROPE: _emitter(_rope),
 }
+# Composites that take fused regions' pending results as they are; every other emitter gets
+# them computed first (`materialize`).
+TAKES_PENDING = {KV_CACHE_UPDATE, SDPA}
 
 
 def fuse_skip_norms(nodes: list[onnx.NodeProto], constants: set[str]) -> list[onnx.NodeProto]:

@@ -99,6 +99,7 @@ class Context:
       positions: int32 [1, T] absolute positions of the new tokens.
       seqlens_k: int32 [1], total tokens in the cache after this step minus one ("ort").
       total_length: int32 scalar, the same plus one ("ort").
+      max_len: the cache length, which bounds positions (rotary tables have that many rows).
     """
 
     profile: str
@@ -106,6 +107,7 @@ class Context:
     positions: str
     seqlens_k: str | None = None
     total_length: str | None = None
+    max_len: int = 0
 
 
 class Ops:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from jax._src import source_info_util
 
-from exporter.onnx_fused import COMPOSITES
+from exporter.onnx_fused import COMPOSITES, TAKES_PENDING, materialize
 from exporter.onnx_graph import Const, Context, Ops, Pending, Value
 from exporter.onnx_ops import FOLDABLE, INLINED, PRIMITIVES, is_static
 from model_zoo.errors import GemmaforgeError
@@ -104,6 +104,8 @@ def lower_jaxpr(closed, inputs: list[Value], ctx: Context, prefix: str = "",
                                       f"{composite!r} (from {where}); known: "
                                       f"{', '.join(COMPOSITES)}")
             ops = Ops(here)
+            if composite not in TAKES_PENDING:
+                args = [materialize(ops, ctx, a) for a in args]
             try:
                 outputs, rebind = COMPOSITES[composite](ops, ctx, eqn, args)
             except (NotImplementedError, TypeError) as error:
@@ -123,6 +125,7 @@ def lower_jaxpr(closed, inputs: list[Value], ctx: Context, prefix: str = "",
                                       f"(from {where})")
             else:
                 ops = Ops(here)
+                args = [materialize(ops, ctx, a) for a in args]
                 try:
                     outputs = PRIMITIVES[name](ops, ctx, eqn, args)
                 except (NotImplementedError, TypeError) as error:

@@ -19,7 +19,8 @@ SDPA = "odml.scaled_dot_product_attention"
 RMS_NORM = "odml.rms_norm"
 KV_CACHE_UPDATE = "gemmaforge.kv_cache_update"
 SOFT_CAP = "gemmaforge.logit_soft_cap"
-COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE, SOFT_CAP)
+ROPE = "gemmaforge.rope"
+COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE, SOFT_CAP, ROPE)
 
 # Added to the logits of masked keys. Finite, so that a fully masked row (padding) stays NaN-free;
 # float32's lowest value, which tanh soft-capping is applied before, so it is never capped.
@@ -91,6 +92,32 @@ def _kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k
             jax.vmap(write_row)(v_cache, v_new, start))
 
 
+def rope_angles(positions: jax.Array, head_dim: int, base: float, scale: float) -> jax.Array:
+    """Rotation angles of the rotary embedding: float32 [..., H/2] for int positions [...]."""
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (base**exponents) / scale
+    return positions.astype(jnp.float32)[..., None] * inv_freq
+
+
+def _rope(x: jax.Array, positions: jax.Array, *, base: float, scale: float) -> jax.Array:
+    """Rotary embedding, rotating the two halves of H (Gemma's and HF's convention).
+
+    Args:
+      x: [B, T, N, H].
+      positions: int [B, T].
+      base: wavelength base.
+      scale: linear position scaling (positions / scale).
+    Returns:
+      [B, T, N, H] in x's dtype.
+    """
+    # [B, T, H/2] -> [B, T, 1, H/2]
+    angles = rope_angles(positions, x.shape[-1], base, scale)[:, :, None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
 def _soft_cap(x: jax.Array, *, cap: float) -> jax.Array:
     """cap * tanh(x / cap), elementwise."""
     return jnp.tanh(x / cap) * cap
@@ -100,6 +127,7 @@ _rms_norm_composite = lax.composite(_rms_norm, name=RMS_NORM)
 _soft_cap_composite = lax.composite(_soft_cap, name=SOFT_CAP)
 _sdpa_composite = lax.composite(_sdpa, name=SDPA)
 _kv_cache_update_composite = lax.composite(_kv_cache_update, name=KV_CACHE_UPDATE)
+_rope_composite = lax.composite(_rope, name=ROPE)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, *, epsilon: float, fused: bool) -> jax.Array:
@@ -133,3 +161,11 @@ def logit_soft_cap(x: jax.Array, cap: float, *, fused: bool) -> jax.Array:
     the LM head's weights, which the LiteRT converter does, storing the table a second time."""
     op = _soft_cap_composite if fused else _soft_cap
     return op(x, cap=float(cap))
+
+
+def rope(x: jax.Array, positions: jax.Array, *, base: float, scale: float,
+         fused: bool) -> jax.Array:
+    """See `_rope`. Only the ONNX writer asks for it fused (ONNX Runtime has rotary ops; the
+    LiteRT delegates do not, and every composite there is a partition boundary)."""
+    op = _rope_composite if fused else _rope
+    return op(x, positions, base=float(base), scale=float(scale))

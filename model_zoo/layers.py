@@ -76,26 +76,10 @@ class Embedder(nnx.Module):
         return jnp.transpose(logits, (1, 2, 0))
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float) -> jax.Array:
-    """Rotary embedding, rotating the two halves of H (Gemma's and HF's convention).
-
-    Args:
-      x: [B, T, N, H].
-      positions: int [B, T].
-      base: wavelength base.
-      scale: linear position scaling (positions / scale).
-    Returns:
-      [B, T, N, H] in x's dtype.
-    """
-    head_dim = x.shape[-1]
-    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    inv_freq = 1.0 / (base**exponents) / scale
-    # [B, T, H/2] -> [B, T, 1, H/2]
-    angles = (positions.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
-    sin, cos = jnp.sin(angles), jnp.cos(angles)
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x.dtype)
+def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float, *,
+               fused: bool = False) -> jax.Array:
+    """Rotary embedding of x [B, T, N, H] at int positions [B, T]; see `composites._rope`."""
+    return composites.rope(x, positions, base=base, scale=scale, fused=fused)
 
 
 class Attention(nnx.Module):
@@ -117,7 +101,8 @@ class Attention(nnx.Module):
         self.logit_cap = config.attn_logit_softcap
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
-                 *, fused: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 *, fused: bool,
+                 fused_rope: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Attends the T new tokens to the cache after writing them into it.
 
         Args:
@@ -130,8 +115,10 @@ class Attention(nnx.Module):
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...])
         if self.q_norm is not None:
             q = self.q_norm(q, fused=fused)
-        q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale)
-        k_cache, v_cache = self.write_cache(x, positions, cache, fused=fused)
+        q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale,
+                       fused=fused and fused_rope)
+        k_cache, v_cache = self.write_cache(x, positions, cache, fused=fused,
+                                            fused_rope=fused_rope)
         mask = masks.additive(masks.visible(positions, k_cache.shape[2], self.spec.window))
         # [B, K, S, H] -> [B, S, K, H]
         attended = composites.scaled_dot_product_attention(
@@ -141,8 +128,8 @@ class Attention(nnx.Module):
         return out, (k_cache, v_cache)
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
-                    cache: tuple[jax.Array, jax.Array], *,
-                    fused: bool) -> tuple[jax.Array, jax.Array]:
+                    cache: tuple[jax.Array, jax.Array], *, fused: bool,
+                    fused_rope: bool = False) -> tuple[jax.Array, jax.Array]:
         """Projects the T new tokens to keys and values and writes them into the cache.
 
         Args:
@@ -156,7 +143,8 @@ class Attention(nnx.Module):
         v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...])
         if self.k_norm is not None:
             k = self.k_norm(k, fused=fused)
-        k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale)
+        k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale,
+                       fused=fused and fused_rope)
         k_cache, v_cache = cache
         # [B, T, K, H] -> [B, K, T, H]
         return composites.kv_cache_update(

@@ -42,10 +42,11 @@ class Block(nnx.Module):
         self.post_ffw_norm = RMSNorm(d, config, key=keys[5]) if config.use_post_ffw_norm else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
-                 *, fused: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 *, fused: bool,
+                 fused_rope: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x [B, T, D] -> ([B, T, D], updated layer cache)."""
         attended, cache = self.attn(self.pre_attn_norm(x, fused=fused), positions, cache,
-                                    fused=fused)
+                                    fused=fused, fused_rope=fused_rope)
         if self.post_attn_norm is not None:
             attended = self.post_attn_norm(attended, fused=fused)
         x = x + attended
@@ -55,11 +56,11 @@ class Block(nnx.Module):
         return x + hidden, cache
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
-                    cache: tuple[jax.Array, jax.Array], *,
-                    fused: bool) -> tuple[jax.Array, jax.Array]:
+                    cache: tuple[jax.Array, jax.Array], *, fused: bool,
+                    fused_rope: bool = False) -> tuple[jax.Array, jax.Array]:
         """Only the cache write of this layer: what a prefill of the last layer needs."""
         return self.attn.write_cache(self.pre_attn_norm(x, fused=fused), positions, cache,
-                                     fused=fused)
+                                     fused=fused, fused_rope=fused_rope)
 
 
 class Gemma(nnx.Module):
@@ -77,7 +78,8 @@ class Gemma(nnx.Module):
                  fused: bool = True,
                  logits_index: jax.Array | None = None,
                  table_left_head: bool = True,
-                 logits: bool = True) -> tuple[jax.Array | None, KVCache]:
+                 logits: bool = True,
+                 fused_rope: bool = False) -> tuple[jax.Array | None, KVCache]:
         """Runs T new tokens per row through the model, writing them into the cache.
 
         Args:
@@ -85,6 +87,7 @@ class Gemma(nnx.Module):
           positions: int32 [B, T], absolute positions, contiguous within each row.
           cache: the KV cache; slot s holds position s.
           fused: trace the fused ops as composites (True) or as their plain decomposition.
+          fused_rope: with `fused`, the rotary embedding as a composite too (ONNX only).
           logits_index: int32 [B]: compute logits only at this index of T (the LM head is the
             largest matmul; prefill needs one row of it). None: logits at every position.
           table_left_head: the LM head's contraction form (see `Embedder.decode`).
@@ -99,9 +102,10 @@ class Gemma(nnx.Module):
         for index, block in enumerate(self.layers):
             if not logits and index == len(self.layers) - 1:
                 new_layers.append(block.write_cache(x, positions, cache.layer(index),
-                                                    fused=fused))
+                                                    fused=fused, fused_rope=fused_rope))
                 return None, KVCache.from_layers(new_layers)
-            x, layer_cache = block(x, positions, cache.layer(index), fused=fused)
+            x, layer_cache = block(x, positions, cache.layer(index), fused=fused,
+                                   fused_rope=fused_rope)
             new_layers.append(layer_cache)
         if logits_index is not None:
             # [B, T, D] -> [B, 1, D]
@@ -159,11 +163,11 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
           cache: KVCache, *, fused: bool = True,
           logits_index: jax.Array | None = None, table_left_head: bool = True,
-          logits: bool = True) -> tuple[jax.Array | None, KVCache]:
+          logits: bool = True, fused_rope: bool = False) -> tuple[jax.Array | None, KVCache]:
     """`Gemma.__call__` as a pure function of the parameters. See there for shapes."""
     model = nnx.merge(graphdef(config), params)
     return model(tokens, positions, cache, fused=fused, logits_index=logits_index,
-                 table_left_head=table_left_head, logits=logits)
+                 table_left_head=table_left_head, logits=logits, fused_rope=fused_rope)
 
 
 def count_params(config: ModelConfig) -> tuple[int, int]:

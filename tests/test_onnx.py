@@ -53,6 +53,15 @@ def onnx_artifact(tmp_path_factory, tiny_params):
     return get
 
 
+def _nodes(root, op_type: str) -> list[onnx.NodeProto]:
+    model = onnx.load(str(root / "onnx" / "model.onnx"), load_external_data=False)
+    return [node for node in model.graph.node if node.op_type == op_type]
+
+
+def _attribute(node: onnx.NodeProto, name: str):
+    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+
+
 def _ops(root) -> dict[str, int]:
     model = onnx.load(str(root / "onnx" / "model.onnx"), load_external_data=False)
     counts: dict[str, int] = {}
@@ -89,8 +98,16 @@ def test_the_ort_profile_carries_the_fused_contrib_ops(name, onnx_artifact):
     qk = 2 if config.use_qk_norm else 0
     assert norms == config.num_layers * (per_layer + qk) + 1
     assert ops["com.microsoft.SkipSimplifiedLayerNormalization"] >= config.num_layers
-    for plain in ("Softmax", "ScatterND", "RMSNormalization", "Attention"):
+    for plain in ("Softmax", "ScatterND", "RMSNormalization", "Attention", "Sin", "Cos",
+                  "RotaryEmbedding", "com.microsoft.RotaryEmbedding"):
         assert plain not in ops
+    # Rotary fused into attention; each layer's window and soft-cap carried over.
+    for layer, node in enumerate(_nodes(onnx_artifact(name, "ort"), "GroupQueryAttention")):
+        assert _attribute(node, "do_rotary") == 1
+        window = config.layer(layer).window
+        assert _attribute(node, "local_window_size") == (window if window else -1)
+        if config.attn_logit_softcap:
+            assert _attribute(node, "softcap") == pytest.approx(config.attn_logit_softcap)
     manifest = open_artifact(onnx_artifact(name, "ort")).manifest
     assert manifest["formats"]["onnx"]["ops"] == dict(sorted(ops.items()))
 
@@ -101,9 +118,10 @@ def test_the_standard_profile_uses_standard_ops_only(name, onnx_artifact):
     config = mz.get_preset(name)
     ops = _ops(root)
     assert ops["Attention"] == config.num_layers
+    assert ops["RotaryEmbedding"] == 2 * config.num_layers
     assert ops["RMSNormalization"] >= 2 * config.num_layers + 1
     assert not [op for op in ops if "." in op], ops
-    assert "Softmax" not in ops and "ScatterND" not in ops
+    assert not {"Softmax", "ScatterND", "Sin", "Cos"} & set(ops)
     onnx.checker.check_model(str(root / "onnx" / "model.onnx"), full_check=True)
 
 

@@ -123,3 +123,37 @@ def test_litert_artifact_reproduces_the_references(tmp_path_factory, model):
         for engine in engines:
             assert engine.generate_text(prompt, 32) == model.tokenizer.decode(greedy[:stop]), \
                 (engine.name, name)
+
+
+def test_onnx_artifact_reproduces_the_references(tmp_path_factory, model):
+    """gemma3-270m with the ort profile: both runtimes match the reference's logits and its
+    greedy continuations; onnxruntime-genai's own greedy search and its tokenizer agree."""
+    from exporter import export
+    from runtimes.artifact import open_artifact
+    from runtimes.registry import make_runner
+    from runtimes.validate import validate_artifact
+
+    out = tmp_path_factory.mktemp("export") / "gemma3-270m-onnx"
+    export(model, out, formats=("onnx",))
+    report = validate_artifact(out, ["onnxruntime", "ort-genai"])
+    assert report["passed"], report
+    artifact = open_artifact(out)
+    runners = [make_runner("onnxruntime", artifact), make_runner("ort-genai", artifact)]
+    for name, prompt in REF_PROMPTS.items():
+        ref = np.load(require(REFS / f"{name}.npz"))
+        ids = model.tokenizer.encode(prompt)
+        for runner in runners:
+            assert generate(runner, ids, 32).generated_ids == ref["greedy"].tolist(), \
+                (runner.name, name)
+        # The generator's own search stops after the first stop token.
+        greedy = ref["greedy"].tolist()
+        stop = next((i + 1 for i, t in enumerate(greedy) if t in model.tokenizer.stop_ids),
+                    len(greedy))
+        assert runners[1].greedy(ids, 32) == greedy[:stop], name
+
+    import onnxruntime_genai as og
+
+    tokenizer = og.Tokenizer(og.Model(str(out / "onnx")))
+    tokenizer.update_options(add_special_tokens="true")
+    for prompt in REF_PROMPTS.values():
+        assert tokenizer.encode(prompt).tolist() == model.tokenizer.encode(prompt)
