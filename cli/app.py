@@ -188,7 +188,7 @@ def validate_command(
     runtime: list[str] | None = typer.Option(None, "--runtime", "-r", help=_RUNTIMES_HELP),
     decode_steps: int = typer.Option(DEFAULT_DECODE_STEPS, "--decode-steps", min=1),
     threads: int | None = typer.Option(None, "--threads", min=1,
-                                       help="CPU threads of the LiteRT runtimes."),
+                                       help="CPU threads of the LiteRT and ONNX runtimes."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Compare each runtime with the JAX reference on fixed prompts (prefill + decode)."""
@@ -213,7 +213,7 @@ def run_command(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
     threads: int | None = typer.Option(None, "--threads", min=1,
-                                       help="CPU threads of the LiteRT runtimes."),
+                                       help="CPU threads of the LiteRT and ONNX runtimes."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Generate text from an exported artifact on one runtime."""

@@ -148,14 +148,15 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
 
 
 def _cache_input_name(trace_name: str) -> str:
-    # kv_cache_k_<i> -> past_key_values.<i>.key
-    kind, layer = trace_name.split("_")[2], int(trace_name.split("_")[3])
-    return past_name(layer, kind)
+    """kv_cache_k_<i> -> past_key_values.<i>.key (and v -> value)."""
+    _, _, kind, layer = trace_name.split("_")
+    return past_name(int(layer), kind)
 
 
 def _cache_output_name(trace_name: str) -> str:
-    kind, layer = trace_name.split("_")[2], int(trace_name.split("_")[3])
-    return present_name(layer, kind)
+    """kv_cache_k_<i> -> present.<i>.key (and v -> value)."""
+    _, _, kind, layer = trace_name.split("_")
+    return present_name(int(layer), kind)
 
 
 def _value(value, what: str) -> str:

@@ -106,7 +106,7 @@ def _sdpa(ops: Ops, ctx: Context, eqn, inputs, attributes):
     if key.inputs is not value.inputs or (key.index, value.index) != (0, 1):
         raise NotImplementedError("attention whose key and value come from different updates")
     k_cache, v_cache, _, k_new, v_new = key.inputs
-    _, t, heads, head_dim = eqn.invars[0].aval.shape
+    _, _, heads, head_dim = eqn.invars[0].aval.shape
     kv_heads = eqn.invars[1].aval.shape[2]
     window = int(key.params.get("window", 0))
     scale = float(attributes["scale"])
@@ -148,7 +148,6 @@ def _sdpa(ops: Ops, ctx: Context, eqn, inputs, attributes):
                           v_cache],
             outputs=3, scale=scale, softcap=float(cap) if cap is not None else None)
         attended = ops.op("Transpose", [out], perm=list(TRANSPOSE_SK))
-    del t
     return [attended], [(key, present_k), (value, present_v)]
 
 

@@ -69,9 +69,9 @@ def lower_jaxpr(closed, inputs: list[Value], ctx: Context, prefix: str = "",
     resolved: dict[int, Value] = {}
     env: dict = {}
 
-    def read(var) -> Value:
+    def read(var, name: str) -> Value:
         if isinstance(var, jax.extend.core.Literal):
-            return Const.of(f"{prefix}literal{id(var)}", np.asarray(var.val, var.aval.dtype))
+            return Const.of(name, np.asarray(var.val, var.aval.dtype))
         value = env[var]
         if isinstance(value, Pending) and value.transposed is None \
                 and id(value.root) in resolved:
@@ -87,7 +87,7 @@ def lower_jaxpr(closed, inputs: list[Value], ctx: Context, prefix: str = "",
     for number, eqn in enumerate(jaxpr.eqns):
         name = eqn.primitive.name
         here = f"{prefix}{number}"
-        args = [read(v) for v in eqn.invars]
+        args = [read(v, f"{here}/literal{i}") for i, v in enumerate(eqn.invars)]
         where = _where(eqn, outer)
         if name in INLINED:
             inner = lower_jaxpr(_inner(eqn), args, ctx, prefix=f"{here}.", outer=where)
@@ -135,7 +135,8 @@ def lower_jaxpr(closed, inputs: list[Value], ctx: Context, prefix: str = "",
                 constants += ops.constants
         for var, value in zip(eqn.outvars, outputs, strict=True):
             env[var] = value
-    return LoweredGraph([read(v) for v in jaxpr.outvars], nodes, constants)
+    return LoweredGraph([read(v, f"{prefix}out{i}") for i, v in enumerate(jaxpr.outvars)],
+                        nodes, constants)
 
 
 def prune(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:

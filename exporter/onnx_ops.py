@@ -221,45 +221,44 @@ def _dynamic_slice(ops, ctx, eqn, inputs):
 
 
 def _dot_general(ops, ctx, eqn, inputs):
-    """A contraction with a stored matrix becomes MatMul (or Gemm, reading a [N, K] table such
-    as the tied embedding without a transposed copy); anything else becomes Einsum."""
+    """A contraction of trailing activation axes with a stored matrix becomes MatMul (its
+    contracted axes leading) or Gemm with transB (trailing: a [N, K] table such as the tied
+    embedding is read without a transposed copy); anything else becomes Einsum."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
     lhs_shape, rhs_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
     lhs, rhs = inputs
     # The same contraction with its pairs in lhs order.
     pairs = sorted(zip(lhs_contract, rhs_contract, strict=True))
     lhs_contract, rhs_contract = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    if isinstance(rhs, Const) and not lhs_batch:
-        rank = len(lhs_shape)
-        trailing = lhs_contract == tuple(range(rank - len(lhs_contract), rank))
-        if trailing:
-            k = int(np.prod([rhs_shape[d] for d in rhs_contract]))
-            free = [rhs_shape[d] for d in range(len(rhs_shape)) if d not in rhs_contract]
-            n = int(np.prod(free))
-            keep = rank - len(lhs_contract)
-            if len(lhs_contract) > 1:
-                # [..., K1, K2] -> [..., K]
-                lhs = ops.op("Reshape", [lhs, ops.ints([0] * keep + [k])])
-            leading = rhs_contract == tuple(range(len(rhs_contract)))
-            trailing_rhs = rhs_contract == tuple(range(len(rhs_shape) - len(rhs_contract),
-                                                       len(rhs_shape)))
-            if leading:
-                out = ops.op("MatMul", [lhs, rhs.reshaped((k, n))])
-            elif trailing_rhs:
-                # [..., K] x [N, K]^T via Gemm on 2-D: flatten the leading dims and back.
-                flat = ops.op("Reshape", [lhs, ops.ints([-1, k])])
-                product = ops.op("Gemm", [flat, rhs.reshaped((n, k))], transB=1)
-                out = ops.op("Reshape", [product, shape_of(ops, ctx, (*lhs_shape[:keep], n))])
-            else:
-                out = None
-            if out is not None:
-                if len(free) > 1:
-                    # [..., N] -> [..., N1, N2]
-                    out = ops.op("Reshape", [out, ops.ints([0] * keep + [int(d) for d in free])])
-                return [out]
-    return [ops.op("Einsum", [lhs, rhs], equation=_einsum_equation(
-        len(lhs_shape), len(rhs_shape), lhs_contract, rhs_contract, tuple(lhs_batch),
-        tuple(rhs_batch)))]
+    rank, count = len(lhs_shape), len(lhs_contract)
+    keep = rank - count
+    form = None
+    if isinstance(rhs, Const) and not lhs_batch and lhs_contract == tuple(range(keep, rank)):
+        if rhs_contract == tuple(range(count)):
+            form = "MatMul"
+        elif rhs_contract == tuple(range(len(rhs_shape) - count, len(rhs_shape))):
+            form = "Gemm"
+    if form is None:
+        return [ops.op("Einsum", [lhs, rhs], equation=_einsum_equation(
+            rank, len(rhs_shape), lhs_contract, rhs_contract, tuple(lhs_batch),
+            tuple(rhs_batch)))]
+    k = int(np.prod([rhs_shape[d] for d in rhs_contract]))
+    free = [int(rhs_shape[d]) for d in range(len(rhs_shape)) if d not in rhs_contract]
+    n = int(np.prod(free))
+    if count > 1:
+        # [..., K1, K2] -> [..., K]
+        lhs = ops.op("Reshape", [lhs, ops.ints([0] * keep + [k])])
+    if form == "MatMul":
+        out = ops.op("MatMul", [lhs, rhs.reshaped((k, n))])
+    else:
+        # [..., K] -> [M, K]; Gemm with the [N, K] table; [M, N] -> [..., N]
+        flat = ops.op("Reshape", [lhs, ops.ints([-1, k])])
+        product = ops.op("Gemm", [flat, rhs.reshaped((n, k))], transB=1)
+        out = ops.op("Reshape", [product, shape_of(ops, ctx, (*lhs_shape[:keep], n))])
+    if len(free) > 1:
+        # [..., N] -> [..., N1, N2]
+        out = ops.op("Reshape", [out, ops.ints([0] * keep + free)])
+    return [out]
 
 
 def _einsum_equation(lhs_rank: int, rhs_rank: int, lhs_contract, rhs_contract, lhs_batch,

@@ -252,3 +252,18 @@ def test_bad_profile_and_existing_directory_are_refused(tmp_path, tiny_params):
     export(model, tmp_path / "out", formats=("onnx",), max_len=MAX_LEN, force=True)
     assert (tmp_path / "out" / "onnx" / "model.onnx").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_same_model_exports_the_same_bytes(tmp_path, tiny_params):
+    config = mz.get_preset("tiny-gemma2")
+    weights = tmp_path / "weights.safetensors"
+    save_params(weights, tiny_params("tiny-gemma2"))
+    written = []
+    for run in range(2):
+        folder = tmp_path / str(run)
+        folder.mkdir()
+        graph = lower_decoder(config, resolve_options(config, MAX_LEN),
+                              weight_constants(weights, config), "ort")
+        save_decoder(graph, folder, weights)
+        written.append((folder / "model.onnx").read_bytes())
+    assert written[0] == written[1]
