@@ -160,6 +160,29 @@ def test_export_litert_and_run_it_on_both_runtimes(capsys, tmp_path):
     assert code != 0 and len(err.strip().splitlines()) == 1 and "stablehlo" in err
 
 
+def test_export_onnx_and_run_it_on_both_runtimes(capsys, tmp_path):
+    out = tmp_path / "art"
+    code, stdout, err = run(capsys, "export", "tiny-gemma3", "--out", str(out), "--to", "onnx",
+                            "--onnx-profile", "standard", "--max-len", "64")
+    assert code == 0, err
+    assert "onnxruntime" in stdout and "pass" in stdout and "FAIL" not in stdout
+    code, stdout, err = run(capsys, "validate", str(out), "--threads", "1", "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["passed"], err
+    assert set(report["runtimes"]) == {"onnxruntime", "ort-genai"}
+    texts = {}
+    for runtime in ("onnxruntime", "ort-genai", "jax"):
+        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
+                                "-n", "5", "--json")
+        assert code == 0, err
+        texts[runtime] = json.loads(stdout)["text"]
+    assert texts["onnxruntime"] == texts["ort-genai"] == texts["jax"]
+    code, _, err = run(capsys, "export", "tiny-gemma3", "--out", str(tmp_path / "x"), "--to",
+                       "onnx", "--onnx-profile", "tflite")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--onnx-profile" in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_and_run_errors_are_one_line(capsys, tmp_path):
     out = tmp_path / "art"
     code, _, _ = run(capsys, "export", "tiny-gemma1", "--out", str(out), "--buckets", "8",
