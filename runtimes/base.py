@@ -58,6 +58,26 @@ class Generation:
         return self.timed_decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
 
+def checked_prompt(runner, prompt_ids: Sequence[int]) -> list[int]:
+    """The prompt as ints, refused when empty or longer than the runner's cache."""
+    ids = [int(i) for i in prompt_ids]
+    if not ids:
+        raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
+    if len(ids) > runner.max_len:
+        raise GemmaforgeError(f"the prompt has {len(ids)} tokens but {runner.name} holds "
+                              f"{runner.max_len} (the exported --max-len)")
+    return ids
+
+
+def check_decode(runner, position: int | None) -> None:
+    """Refuses a decode step before any prefill or past the end of the cache."""
+    if position is None:
+        raise GemmaforgeError(f"{runner.name}: decode before prefill")
+    if position >= runner.max_len:
+        raise GemmaforgeError(f"{runner.name}: the cache is full ({runner.max_len} tokens, the "
+                              "exported --max-len); re-export with a larger --max-len")
+
+
 def check_room(runner, prompt_tokens: int, max_new_tokens: int) -> None:
     """Refuses a request whose prompt and new tokens cannot fit in the runner's cache."""
     needed = prompt_tokens + max_new_tokens

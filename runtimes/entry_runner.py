@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from exporter.trace import DECODE
-from model_zoo.errors import GemmaforgeError
+from runtimes.base import check_decode, checked_prompt
 
 if TYPE_CHECKING:
     from runtimes.artifact import Artifact
@@ -77,12 +77,7 @@ class EntryPointRunner(abc.ABC):
         cache; returns float32 logits [V] for decode, None for prefill."""
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(i) for i in prompt_ids]
-        if not ids:
-            raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
-        if len(ids) > self.max_len:
-            raise GemmaforgeError(f"the prompt has {len(ids)} tokens but {self.name} holds "
-                                  f"{self.max_len} (the exported --max-len)")
+        ids = checked_prompt(self, prompt_ids)
         self._reset()
         for chunk in plan_chunks(len(ids) - 1, self.buckets, self.max_len):
             tokens = np.full((1, chunk.width), self.pad_id, np.int32)
@@ -93,11 +88,7 @@ class EntryPointRunner(abc.ABC):
         return self.decode(ids[-1])
 
     def decode(self, token: int) -> np.ndarray:
-        if self._position is None:
-            raise GemmaforgeError(f"{self.name}: decode before prefill")
-        if self._position >= self.max_len:
-            raise GemmaforgeError(f"{self.name}: the cache is full ({self.max_len} tokens, the "
-                                  "exported --max-len); re-export with a larger --max-len")
+        check_decode(self, self._position)
         logits = self._call(DECODE, np.array([[token]], np.int32),
                             np.array([self._position], np.int32))
         self._position += 1

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from exporter.onnx_export import past_name, present_name
-from model_zoo.errors import GemmaforgeError
 from runtimes.artifact import Artifact
+from runtimes.base import check_decode, checked_prompt
 
 
 def _providers() -> list[str]:
@@ -82,23 +82,14 @@ class OnnxRuntimeRunner:
         return np.array(outputs["logits"].numpy()[0, -1])
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(i) for i in prompt_ids]
-        if not ids:
-            raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
-        if len(ids) > self.max_len:
-            raise GemmaforgeError(f"the prompt has {len(ids)} tokens but {self.name} holds "
-                                  f"{self.max_len} (the exported --max-len)")
+        ids = checked_prompt(self, prompt_ids)
         self._reset()
         logits = self._run(ids, 0)
         self._position = len(ids)
         return logits
 
     def decode(self, token: int) -> np.ndarray:
-        if self._position is None:
-            raise GemmaforgeError(f"{self.name}: decode before prefill")
-        if self._position >= self.max_len:
-            raise GemmaforgeError(f"{self.name}: the cache is full ({self.max_len} tokens, the "
-                                  "exported --max-len); re-export with a larger --max-len")
+        check_decode(self, self._position)
         logits = self._run([int(token)], self._position)
         self._position += 1
         return logits
@@ -129,22 +120,13 @@ class OrtGenaiRunner:
         return self._og.Generator(self._model, params)
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(i) for i in prompt_ids]
-        if not ids:
-            raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
-        if len(ids) > self.max_len:
-            raise GemmaforgeError(f"the prompt has {len(ids)} tokens but {self.name} holds "
-                                  f"{self.max_len} (the exported --max-len)")
+        ids = checked_prompt(self, prompt_ids)
         self._generator = self._new_generator()
         self._generator.append_tokens(np.asarray(ids, np.int32))
         return np.array(self._generator.get_logits()).reshape(-1)
 
     def decode(self, token: int) -> np.ndarray:
-        if self._generator is None:
-            raise GemmaforgeError(f"{self.name}: decode before prefill")
-        if self._generator.token_count() >= self.max_len:
-            raise GemmaforgeError(f"{self.name}: the cache is full ({self.max_len} tokens, the "
-                                  "exported --max-len); re-export with a larger --max-len")
+        check_decode(self, None if self._generator is None else self._generator.token_count())
         self._generator.append_tokens(np.asarray([int(token)], np.int32))
         return np.array(self._generator.get_logits()).reshape(-1)
 
