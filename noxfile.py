@@ -23,12 +23,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job on the embedded default model, gemma3-270m from the package index: export
-    to StableHLO (validated against the JAX reference), then generate with IREE running it."""
+    to StableHLO and ONNX (each validated against the JAX reference), then generate with IREE
+    running the StableHLO and onnxruntime-genai running the ONNX folder."""
     session.install("-e", ".")
-    session.run("gemmaforge", "export", "gemma3-270m", "--to", "stablehlo", "--out",
+    session.run("gemmaforge", "export", "gemma3-270m", "--to", "stablehlo,onnx", "--out",
                 "out/gemma3-270m", "--force", *session.posargs)
-    session.run("gemmaforge", "run", "out/gemma3-270m", "--runtime", "iree", "--prompt",
-                "The capital of France is", "--max-new-tokens", "24")
+    for runtime in ("iree", "ort-genai"):
+        session.run("gemmaforge", "run", "out/gemma3-270m", "--runtime", runtime, "--prompt",
+                    "The capital of France is", "--max-new-tokens", "24")
 
 
 @nox.session

@@ -7,7 +7,9 @@ tokens, medians over repeats after a warm-up.
 `onnx-export`: exporting to ONNX (checkpoint or random weights loaded, validation excluded),
 each preset in a fresh process: wall time and peak RSS against the float32 weights' size.
 gemma2-2b (random weights, 10.5 GB of float32) shows whether the writer ever holds the weights
-twice on this 24 GiB machine.
+twice on this 24 GiB machine. Each exported model is then run once more in another process:
+onnxruntime's logits against the JAX reference's (prefill of 6 tokens and 3 decode steps; the
+reference runs first and is freed, so the two never hold the weights together).
 """
 
 from __future__ import annotations
@@ -40,6 +42,25 @@ print(json.dumps({"seconds": seconds, "baseline": baseline,
                   "model_onnx_bytes": os.path.getsize(os.path.join(out, onnx["file"])),
                   "external_data": onnx.get("external_data"),
                   "nodes": onnx["nodes"]}))
+"""
+
+CHECK = r"""
+import gc, json, resource, sys
+import numpy as np
+from runtimes.artifact import open_artifact
+from runtimes.registry import make_runner
+artifact = open_artifact(sys.argv[1])
+ids, steps = [2, 651, 6037, 576, 6081, 603], (1000, 2000, 3000)
+def trajectory(runner):
+    return np.stack([runner.prefill(ids)] + [runner.decode(t) for t in steps])
+reference = trajectory(make_runner("jax", artifact))
+gc.collect()
+ours = trajectory(make_runner("onnxruntime", artifact))
+print(json.dumps({"max_abs_error": float(np.abs(reference - ours).max()),
+                  "max_abs_logit": float(np.abs(reference).max()),
+                  "top1_agreement": int((reference.argmax(-1) == ours.argmax(-1)).sum()),
+                  "positions": len(ours),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10}))
 """
 
 
@@ -86,6 +107,12 @@ def run_export(presets: tuple[str, ...] = EXPORT_PRESETS, repeats: int = 3) -> d
                 out = f"{scratch}/{preset}-{index}"
                 done = subprocess.run([sys.executable, "-c", EXPORT, preset, out],
                                       capture_output=True, text=True)
+                if done.returncode == 0 and index == 0:
+                    checked = subprocess.run([sys.executable, "-c", CHECK, out],
+                                             capture_output=True, text=True)
+                    check = (json.loads(checked.stdout.strip().splitlines()[-1])
+                             if checked.returncode == 0 else
+                             {"error": (checked.stderr.strip().splitlines() or ["?"])[-1]})
                 shutil.rmtree(out, ignore_errors=True)
                 if done.returncode != 0:  # recorded, not raised: a failure is a result
                     runs.append({"error": (done.stderr.strip().splitlines()
@@ -107,6 +134,7 @@ def run_export(presets: tuple[str, ...] = EXPORT_PRESETS, repeats: int = 3) -> d
                 "model_onnx_bytes": runs[0]["model_onnx_bytes"],
                 "external_data": runs[0]["external_data"],
                 "nodes": runs[0]["nodes"],
+                "onnxruntime_vs_jax": check,
             }
     result = {"precision": "float32", "format": "onnx", "profile": "ort", "presets": rows}
     save("onnx-export", result)
