@@ -13,21 +13,22 @@ from model_zoo import composites
 from tests.conftest import TINY_PRESETS, expected_composites
 
 
-def _forward(config, params, fused):
+def _forward(config, params, fused, fused_rope=False):
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 20)),
                          jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(20, dtype=jnp.int32), (2, 20))
     cache = mz.KVCache.create(config, 2, 32)
-    fn = jax.jit(mz.apply, static_argnums=0, static_argnames="fused")
-    return fn(config, params, tokens, positions, cache, fused=fused)
+    fn = jax.jit(mz.apply, static_argnums=0, static_argnames=("fused", "fused_rope"))
+    return fn(config, params, tokens, positions, cache, fused=fused, fused_rope=fused_rope)
 
 
-def _stablehlo(config, params, fused):
+def _stablehlo(config, params, fused, fused_rope=False):
     tokens = jnp.zeros((1, 4), jnp.int32)
     positions = jnp.arange(4, dtype=jnp.int32)[None]
     cache = mz.KVCache.create(config, 1, 16)
-    lowered = jax.jit(mz.apply, static_argnums=0, static_argnames="fused").lower(
-        config, params, tokens, positions, cache, fused=fused)
+    lowered = jax.jit(mz.apply, static_argnums=0,
+                      static_argnames=("fused", "fused_rope")).lower(
+        config, params, tokens, positions, cache, fused=fused, fused_rope=fused_rope)
     return lowered.as_text()
 
 
@@ -58,6 +59,24 @@ def test_composites_appear_in_stablehlo_with_attributes(name, tiny_params):
     has_cap = ["logit_cap" in a for a in by_name[composites.SDPA]]
     assert all(has_cap) if config.attn_logit_softcap else not any(has_cap)
     assert all("kv_cache_max = 16" in a for a in by_name[composites.KV_CACHE_UPDATE])
+    windows = [int(re.search(r"window = (\d+)", a).group(1))
+               for a in by_name[composites.KV_CACHE_UPDATE]]
+    assert windows == [config.layer(i).window or 0 for i in range(config.num_layers)]
+
+
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_the_rope_composite_for_onnx_changes_no_number(name, tiny_params):
+    config = mz.get_preset(name)
+    with_rope = _forward(config, tiny_params(name), True, fused_rope=True)
+    plain = _forward(config, tiny_params(name), False)
+    for a, b in zip(jax.tree.leaves(with_rope), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    text = _stablehlo(config, tiny_params(name), fused=True, fused_rope=True)
+    bases = re.findall(r'stablehlo\.composite "gemmaforge\.rope".*?base = ([-\d.eE+]+)', text)
+    assert len(bases) == 2 * config.num_layers
+    assert sorted({float(b) for b in bases}) == sorted(
+        {config.layer(i).rope_base for i in range(config.num_layers)})
+    assert composites.ROPE not in _stablehlo(config, tiny_params(name), fused=True)
 
 
 def test_plain_mode_has_no_composites(tiny_params):
