@@ -5,7 +5,10 @@ compares its greedy continuation with the reference's."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +43,8 @@ class LiteRTRunner(EntryPointRunner):
 
 
 NO_CACHE = ":nocache"  # the engine's own spelling for "keep no weight cache"
+# Engine caches kept (the most recently used): each is as large as its model's weights.
+ENGINE_CACHES_KEPT = 6
 
 
 def engine_cache_dir(artifact: Artifact, bundle: str) -> str:
@@ -53,7 +58,18 @@ def engine_cache_dir(artifact: Artifact, bundle: str) -> str:
         return NO_CACHE
     path = cache_dir() / "litert-lm" / digest[:16]
     path.mkdir(parents=True, exist_ok=True)
+    os.utime(path)
+    prune_engine_caches(path.parent, ENGINE_CACHES_KEPT)
     return str(path)
+
+
+def prune_engine_caches(root: Path, keep: int) -> None:
+    """Removes all but the `keep` most recently used engine caches under `root` (one folder per
+    bundle; without this, every new export leaves a model-sized cache behind)."""
+    folders = sorted((p for p in root.iterdir() if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in folders[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class LiteRTLMRunner:
