@@ -36,10 +36,8 @@ def _merges(pieces: list[str], normal: set[int]) -> list[list[str]]:
     return [[left, right] for *_, left, right in ranked]
 
 
-def tokenizer_json(model_proto: bytes) -> dict:
+def tokenizer_json(proto: spm_pb2.ModelProto) -> dict:
     """The Hugging Face tokenizer.json of a SentencePiece BPE model with byte fallback."""
-    proto = spm_pb2.ModelProto()
-    proto.ParseFromString(model_proto)
     pieces = [p.piece for p in proto.pieces]
     normal = {i for i, p in enumerate(proto.pieces) if p.type == _Piece.NORMAL}
     unknown = next(p.piece for p in proto.pieces if p.type == _Piece.UNKNOWN)
@@ -91,7 +89,7 @@ def write_tokenizer_files(directory: Path, model_proto: bytes, *, max_len: int) 
     if spec.pad_id >= 0:
         special["pad_token"] = proto.pieces[spec.pad_id].piece
     (directory / "tokenizer.json").write_text(
-        json.dumps(tokenizer_json(model_proto), ensure_ascii=False))
+        json.dumps(tokenizer_json(proto), ensure_ascii=False))
     config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True,
               "add_eos_token": False, "model_max_length": max_len,
               "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,

@@ -122,7 +122,7 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
     function = entry_function(config, STEP, fused=True, table_left_head=False,
                               symbolic_composites=True, fused_rope=True)
     specs = (weight_specs(config), *input_specs(config, STEP, options.max_len, length))
-    closed = jax.make_jaxpr(function)(*specs)
+    closed, out_shapes = jax.make_jaxpr(function, return_shape=True)(*specs)
 
     preamble, ctx, tokens, input_pos = _preamble(config, profile, options.max_len)
     cache_inputs = {name: _cache_input_name(name) for name in specs[3]}
@@ -130,8 +130,8 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
         (weights, tokens, input_pos, cache_inputs),
         is_leaf=lambda x: isinstance(x, (str, Const)))
     lowered = lower_jaxpr(closed, args, ctx)
-    logits, caches = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(jax.eval_shape(function, *specs)), lowered.outputs)
+    logits, caches = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shapes),
+                                                  lowered.outputs)
 
     names = {_value(logits, "logits"): "logits"}
     for cache_name, value in caches.items():
@@ -149,14 +149,17 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
 
 def _cache_input_name(trace_name: str) -> str:
     """kv_cache_k_<i> -> past_key_values.<i>.key (and v -> value)."""
-    _, _, kind, layer = trace_name.split("_")
-    return past_name(int(layer), kind)
+    return past_name(*_layer_and_kind(trace_name))
 
 
 def _cache_output_name(trace_name: str) -> str:
     """kv_cache_k_<i> -> present.<i>.key (and v -> value)."""
+    return present_name(*_layer_and_kind(trace_name))
+
+
+def _layer_and_kind(trace_name: str) -> tuple[int, str]:
     _, _, kind, layer = trace_name.split("_")
-    return present_name(int(layer), kind)
+    return int(layer), kind
 
 
 def _value(value, what: str) -> str:
@@ -239,10 +242,9 @@ def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profil
     directory.mkdir()
     graph = lower_decoder(config, options, weight_constants(weights_file, config), profile)
     section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes)
-    pad_id = config.pad_id
     (directory / GENAI_CONFIG).write_text(json.dumps(genai_config(
         config, filename=MODEL, max_len=options.max_len, profile=profile,
-        bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=pad_id),
+        bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=config.pad_id),
         indent=2) + "\n")
     files = write_tokenizer_files(directory, tokenizer_file.read_bytes(),
                                   max_len=options.max_len)

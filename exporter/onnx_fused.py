@@ -13,6 +13,7 @@ so its results stay `Pending` until the attention composite that reads them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -31,12 +32,9 @@ def composite_attributes(eqn) -> dict:
 
 
 def _rms_norm(ops: Ops, ctx: Context, eqn, inputs, attributes):
-    x, weight = inputs
-    if ctx.profile == "ort":
-        return [ops.op("SimplifiedLayerNormalization", [x, weight], axis=-1,
-                       epsilon=float(attributes["epsilon"]), stash_type=1)]
-    return [ops.op("RMSNormalization", [x, weight], axis=-1,
-                   epsilon=float(attributes["epsilon"]), stash_type=1)]
+    op_type = "SimplifiedLayerNormalization" if ctx.profile == "ort" else "RMSNormalization"
+    return [ops.op(op_type, inputs, axis=-1, epsilon=float(attributes["epsilon"]),
+                   stash_type=1)]
 
 
 def _soft_cap(ops: Ops, ctx: Context, eqn, inputs, attributes):
@@ -46,8 +44,15 @@ def _soft_cap(ops: Ops, ctx: Context, eqn, inputs, attributes):
 
 def _rope_tables(ctx: Context, head_dim: int, base: float, scale: float) -> tuple[Const, Const]:
     """cos and sin [max_len, H/2] of every position, computed by the reference's own code."""
-    angles = np.asarray(rope_angles(jnp.arange(ctx.max_len), head_dim, base, scale))
-    key = f"rope_{head_dim}_{base:g}_{scale:g}_{ctx.max_len}"
+    return _rope_tables_of(ctx.max_len, head_dim, float(base), float(scale))
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_tables_of(max_len: int, head_dim: int, base: float,
+                    scale: float) -> tuple[Const, Const]:
+    """Once per rotation, not once per layer: every layer with that base shares the tables."""
+    angles = np.asarray(rope_angles(jnp.arange(max_len), head_dim, base, scale))
+    key = f"rope_{head_dim}_{base:g}_{scale:g}_{max_len}"
     return (Const.of(f"{key}.cos", np.cos(angles).astype(np.float32)),
             Const.of(f"{key}.sin", np.sin(angles).astype(np.float32)))
 

@@ -54,10 +54,14 @@ class Const:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def reshaped(self, shape: Sequence[int]) -> Const:
-        """The same bytes under another shape: a stored weight stays shared with its file."""
+        """The same bytes under another shape: a stored weight stays shared with its file.
+        Under its own shape it is itself (one initializer, e.g. the tied embedding that both
+        Gather and the LM head read)."""
         shape = tuple(int(d) for d in shape)
+        if shape == self.shape:
+            return self
         load = self.load
-        return Const(f"{self.name}.reshaped", shape, self.dtype,
+        return Const(f"{self.name}.{'x'.join(map(str, shape))}", shape, self.dtype,
                      lambda: np.reshape(load(), shape), self.source)
 
 
@@ -66,7 +70,8 @@ class Pending:
     """A fused region's result that another composite will compute (see module docstring).
 
     Attributes:
-      kind: what it is ("kv_cache_update").
+      kind: the composite it comes from (the KV-cache update, or the rotary embedding that
+        GroupQueryAttention may apply itself).
       inputs: the region's lowered inputs.
       index: which of the region's results this is.
       params: the region's attributes.
@@ -169,8 +174,7 @@ def onnx_dtype(dtype: Any) -> int:
 def tensor_proto(const: Const, external: tuple[str, int] | None = None) -> TensorProto:
     """The initializer of `const`: inline, or pointing at (file, offset) of its raw bytes."""
     if external is None:
-        proto = numpy_helper.from_array(np.ascontiguousarray(const.load()), const.name)
-        return proto
+        return numpy_helper.from_array(np.ascontiguousarray(const.load()), const.name)
     proto = TensorProto(name=const.name, data_type=onnx_dtype(const.dtype),
                         dims=list(const.shape), data_location=TensorProto.EXTERNAL)
     location, offset = external

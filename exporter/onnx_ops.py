@@ -28,25 +28,25 @@ class SymInt:
         return SymInt(self.ops, self.ops.op(op, list(pair)))
 
     def __add__(self, other):
-        return self._binary("Add", other)
+        return self._direct("Add", other)
 
     def __radd__(self, other):
-        return self._binary("Add", other, reverse=True)
+        return self._direct("Add", other, reverse=True)
 
     def __sub__(self, other):
-        return self._binary("Sub", other)
+        return self._direct("Sub", other)
 
     def __rsub__(self, other):
-        return self._binary("Sub", other, reverse=True)
+        return self._direct("Sub", other, reverse=True)
 
     def __mul__(self, other):
-        return self._binary("Mul", other)
+        return self._direct("Mul", other)
 
     def __rmul__(self, other):
-        return self._binary("Mul", other, reverse=True)
+        return self._direct("Mul", other, reverse=True)
 
     def __floordiv__(self, other):
-        return self._binary("Div", other)
+        return self._direct("Div", other)
 
 
 def is_static(shape: Sequence) -> bool:
@@ -69,16 +69,17 @@ def shape_of(ops: Ops, ctx: Context, shape: Sequence) -> str:
     return ops.op("Concat", [dim_value(ops, ctx, d) for d in shape], axis=0)
 
 
-def _unary(op_type: str) -> Callable:
+def _direct(op_type: str) -> Callable:
+    """A primitive that is one ONNX op on the same inputs."""
     def emit(ops, ctx, eqn, inputs):
         return [ops.op(op_type, inputs)]
     return emit
 
 
-def _binary(op_type: str) -> Callable:
-    def emit(ops, ctx, eqn, inputs):
-        return [ops.op(op_type, inputs)]
-    return emit
+def arange(ops: Ops, ctx: Context, dim) -> str:
+    """int64 [dim]: 0, 1, ..., dim - 1 for a (possibly symbolic) dimension."""
+    count = ops.op("Squeeze", [dim_value(ops, ctx, dim), ops.ints([0])])
+    return ops.op("Range", [ops.const(0, np.int64), count, ops.const(1, np.int64)])
 
 
 def _not_equal(ops, ctx, eqn, inputs):
@@ -97,7 +98,7 @@ def _integer_pow(ops, ctx, eqn, inputs):
     exponent = eqn.params["y"]
     dtype = eqn.invars[0].aval.dtype
     if exponent == 2:
-        return [ops.op("Mul", [inputs[0], inputs[0]])]
+        return _square(ops, ctx, eqn, inputs)
     return [ops.op("Pow", [inputs[0], ops.const(exponent, dtype)])]
 
 
@@ -171,10 +172,7 @@ def _split(ops, ctx, eqn, inputs):
 def _iota(ops, ctx, eqn, inputs):
     shape, dimension = eqn.params["shape"], eqn.params["dimension"]
     dtype = eqn.params["dtype"]
-    length = dim_value(ops, ctx, shape[dimension])
-    count = ops.op("Squeeze", [length, ops.ints([0])])
-    values = ops.op("Range", [ops.const(0, np.int64), count, ops.const(1, np.int64)])
-    values = ops.op("Cast", [values], to=onnx_dtype(dtype))
+    values = ops.op("Cast", [arange(ops, ctx, shape[dimension])], to=onnx_dtype(dtype))
     axes = [axis for axis in range(len(shape)) if axis != dimension]
     if axes:
         values = ops.op("Unsqueeze", [values, ops.ints(axes)])
@@ -291,10 +289,8 @@ def _dynamic_update_slice(ops, ctx, eqn, inputs):
     # Index of every update element: begin + its coordinates, as [*update_shape, rank].
     grids = []
     for axis in range(rank):
-        count = ops.op("Squeeze", [dim_value(ops, ctx, update_shape[axis]), ops.ints([0])])
-        line = ops.op("Range", [ops.const(0, np.int64), count, ops.const(1, np.int64)])
-        line = ops.op("Add", [line, ops.op("Slice", [begin, ops.ints([axis]),
-                                                     ops.ints([axis + 1])])])
+        start = ops.op("Slice", [begin, ops.ints([axis]), ops.ints([axis + 1])])
+        line = ops.op("Add", [arange(ops, ctx, update_shape[axis]), start])
         others = [a for a in range(rank) if a != axis]
         line = ops.op("Unsqueeze", [line, ops.ints(others)]) if others else line
         line = ops.op("Expand", [line, sizes])
@@ -304,14 +300,14 @@ def _dynamic_update_slice(ops, ctx, eqn, inputs):
 
 
 PRIMITIVES: dict[str, Callable] = {
-    "add": _binary("Add"), "sub": _binary("Sub"), "mul": _binary("Mul"), "div": _binary("Div"),
-    "max": _binary("Max"), "min": _binary("Min"), "pow": _binary("Pow"),
-    "and": _binary("And"), "or": _binary("Or"), "not": _unary("Not"),
-    "lt": _binary("Less"), "le": _binary("LessOrEqual"), "gt": _binary("Greater"),
-    "ge": _binary("GreaterOrEqual"), "eq": _binary("Equal"), "ne": _not_equal,
-    "neg": _unary("Neg"), "exp": _unary("Exp"), "log": _unary("Log"), "tanh": _unary("Tanh"),
-    "sin": _unary("Sin"), "cos": _unary("Cos"), "sqrt": _unary("Sqrt"), "abs": _unary("Abs"),
-    "erf": _unary("Erf"), "logistic": _unary("Sigmoid"), "floor": _unary("Floor"),
+    "add": _direct("Add"), "sub": _direct("Sub"), "mul": _direct("Mul"), "div": _direct("Div"),
+    "max": _direct("Max"), "min": _direct("Min"), "pow": _direct("Pow"),
+    "and": _direct("And"), "or": _direct("Or"), "not": _direct("Not"),
+    "lt": _direct("Less"), "le": _direct("LessOrEqual"), "gt": _direct("Greater"),
+    "ge": _direct("GreaterOrEqual"), "eq": _direct("Equal"), "ne": _not_equal,
+    "neg": _direct("Neg"), "exp": _direct("Exp"), "log": _direct("Log"), "tanh": _direct("Tanh"),
+    "sin": _direct("Sin"), "cos": _direct("Cos"), "sqrt": _direct("Sqrt"), "abs": _direct("Abs"),
+    "erf": _direct("Erf"), "logistic": _direct("Sigmoid"), "floor": _direct("Floor"),
     "square": _square, "rsqrt": _rsqrt, "integer_pow": _integer_pow,
     "stop_gradient": _identity, "copy": _identity, "copy_p": _identity,
     "convert_element_type": _convert, "select_n": _select_n,

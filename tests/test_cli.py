@@ -139,6 +139,17 @@ def test_export_validate_run(capsys, tmp_path):
         == reference["generated_ids"]
 
 
+def _greedy_texts(capsys, out, runtimes) -> dict[str, str]:
+    """`gemmaforge run` on each runtime: the greedy text it prints."""
+    texts = {}
+    for runtime in runtimes:
+        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
+                                "-n", "5", "--json")
+        assert code == 0, err
+        texts[runtime] = json.loads(stdout)["text"]
+    return texts
+
+
 def test_export_litert_and_run_it_on_both_runtimes(capsys, tmp_path):
     out = tmp_path / "art"
     code, stdout, err = run(capsys, "export", "tiny-gemma2", "--out", str(out), "--to", "litert",
@@ -148,12 +159,7 @@ def test_export_litert_and_run_it_on_both_runtimes(capsys, tmp_path):
     code, stdout, err = run(capsys, "validate", str(out), "-r", "litert", "-r", "litert-lm",
                             "--threads", "1", "--json")
     assert code == 0 and json.loads(stdout)["passed"], err
-    texts = {}
-    for runtime in ("litert", "litert-lm", "jax"):
-        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
-                                "-n", "5", "--json")
-        assert code == 0, err
-        texts[runtime] = json.loads(stdout)["text"]
+    texts = _greedy_texts(capsys, out, ("litert", "litert-lm", "jax"))
     assert texts["litert"] == texts["litert-lm"] == texts["jax"]
     # a stablehlo runtime on a LiteRT-only artifact is named as missing, in one line
     code, _, err = run(capsys, "run", str(out), "--runtime", "iree", "-p", "Hi")
@@ -170,12 +176,7 @@ def test_export_onnx_and_run_it_on_both_runtimes(capsys, tmp_path):
     report = json.loads(stdout)
     assert code == 0 and report["passed"], err
     assert set(report["runtimes"]) == {"onnxruntime", "ort-genai"}
-    texts = {}
-    for runtime in ("onnxruntime", "ort-genai", "jax"):
-        code, stdout, err = run(capsys, "run", str(out), "--runtime", runtime, "-p", "Hi",
-                                "-n", "5", "--json")
-        assert code == 0, err
-        texts[runtime] = json.loads(stdout)["text"]
+    texts = _greedy_texts(capsys, out, ("onnxruntime", "ort-genai", "jax"))
     assert texts["onnxruntime"] == texts["ort-genai"] == texts["jax"]
     code, _, err = run(capsys, "export", "tiny-gemma3", "--out", str(tmp_path / "x"), "--to",
                        "onnx", "--onnx-profile", "tflite")

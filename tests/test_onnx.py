@@ -18,6 +18,7 @@ from exporter.genai import write_tokenizer_files
 from exporter.onnx_export import (
     DATA,
     lower_decoder,
+    op_counts,
     save_decoder,
     weight_constants,
 )
@@ -63,12 +64,9 @@ def _attribute(node: onnx.NodeProto, name: str):
 
 
 def _ops(root) -> dict[str, int]:
+    """The op counts of the saved model, read back from disk."""
     model = onnx.load(str(root / "onnx" / "model.onnx"), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        key = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return op_counts(list(model.graph.node))
 
 
 @pytest.mark.parametrize("profile", PROFILES)
