@@ -1,8 +1,9 @@
 """LiteRT: what converting costs, and what the fused ops buy.
 
 `litert-convert`: `export(..., formats=("litert",))` in a fresh process, wall time and peak RSS, for
-gemma3-270m (its real weights) and gemma2-2b (random weights, drawn one tensor at a time as they
-stream into the converter). Validation excluded.
+gemma3-270m (its real weights) and gemma2-2b (random weights, drawn one tensor at a time into the
+exported safetensors, from which they are written into the converted flatbuffer). The time
+includes writing the safetensors and the .litertlm bundle; validation is excluded.
 
 `litert`: gemma3-270m exported twice, composites on and plain ops, then in the same run
   - on `litert` (the Interpreter's signature runners, XNNPACK on): prefill and decode tokens/s;
@@ -86,7 +87,9 @@ def run_convert(presets: tuple[str, ...] = CONVERT_PRESETS) -> dict:
                 "peak_rss_mib": measured["peak"] / 2**20,
                 "peak_over_baseline_mib": (measured["peak"] - measured["baseline"]) / 2**20,
                 "tflite_bytes": os.path.getsize(tflite),
+                **_phases(f"{scratch}/{preset}"),
                 **_weight_bytes(f"{scratch}/{preset}"),
+                **_weights_in_place(f"{scratch}/{preset}", preset),
             }
             shutil.rmtree(f"{scratch}/{preset}")
     result = {"precision": "float32", "presets": rows}
@@ -101,6 +104,58 @@ def _weight_bytes(root: str) -> dict:
     return {"buffer_bytes": structure["buffer_bytes"],
             "weights_bytes": os.path.getsize(f"{root}/weights.safetensors"),
             "signatures": sorted(structure["signatures"])}
+
+
+def _phases(root: str) -> dict:
+    """The converter's share of the time, and the writing of the placed weights after it."""
+    with open(f"{root}/manifest.json") as stream:
+        section = json.load(stream)["formats"]["litert"]
+    return {"convert_seconds": section["convert_seconds"],
+            "write_weights_seconds": section["weights_written_after_conversion"]["seconds"],
+            "weights_written_after_conversion": section["weights_written_after_conversion"]}
+
+
+def _weights_in_place(root: str, preset: str, samples: int = 64) -> dict:
+    """How many weight matrices the .tflite holds, at sampled elements, in their own element
+    order or as a 2-D transpose: the values written after conversion are the exported ones."""
+    import math
+    import mmap
+    from pathlib import Path
+
+    import litert_converter.schema_py_generated as schema
+    import numpy as np
+
+    from exporter.tflite_weights import buffer_region
+    from model_zoo.checkpoints.native import weight_offsets, weight_specs
+    from model_zoo.presets import get_preset
+
+    config, weights = get_preset(preset), f"{root}/weights.safetensors"
+    offsets = weight_offsets(Path(weights), config)
+    rng = np.random.default_rng(0)
+    matrices = found = 0
+    with open(f"{root}/litert/model.tflite", "rb") as file, \
+            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        model = schema.Model.GetRootAs(data, 0)
+        by_size: dict[int, list[int]] = {}
+        for index in range(model.BuffersLength()):
+            offset, size = buffer_region(model.Buffers(index))
+            by_size.setdefault(size // 4, []).append(offset)
+        for name, (shape, _) in weight_specs(config).items():
+            if len(shape) < 2:
+                continue
+            matrices += 1
+            count = math.prod(shape)
+            picks = rng.integers(0, count, samples)
+            expected = np.memmap(weights, np.float32, "r", offsets[name], (count,))[picks]
+            positions = [picks]
+            for k in range(1, len(shape)):
+                rows = math.prod(shape[:k])
+                row, column = np.divmod(picks, count // rows)
+                positions.append(column * rows + row)
+            found += any(
+                np.array_equal(np.frombuffer(data, np.float32, count, offset)[where], expected)
+                for offset in by_size.get(count, []) for where in positions)
+    return {"weight_matrices": matrices, "weight_matrices_found_in_place": found}
 
 
 def partitions(log: str) -> dict:

@@ -2,13 +2,14 @@
 the contract LiteRT-LM reads, and a .litertlm bundle (model, tokenizer, LlmMetadata).
 
 Each entry point is exported with `jax.export(platforms=("cpu",))`, weights as arguments, so its
-StableHLO module is small. In the converter's MLIR context every weight becomes one constant,
-created once from its array and used by every signature; the arguments are replaced by those
-constants, each module is converted by litert-converter (TensorFlow-free), and the modules are
-merged into one flatbuffer, weights stored once. Weights arrive one at a time, so the model never
-exists twice in Python; the converter still needs ~4x the float32 weights at its peak (measured:
-the constants, +0.5x converting the first signature, +0.6x at decode, +1x while it builds the
-flatbuffer in memory). MLIR attributes live as long as their context, so none of it is freed early.
+StableHLO module is small. In the converter's MLIR context every weight becomes one constant used
+by every signature; the arguments are replaced by those constants, each module is converted by
+litert-converter (TensorFlow-free), and the modules are merged into one flatbuffer, weights stored
+once. The converter copies constants several times over (about 4x the float32 weights at its
+peak, none of it freed before the context dies), so weight matrices enter it as placeholders and
+their values are written into the finished flatbuffer from the exported safetensors
+(`exporter.tflite_weights`). What remains is the flatbuffer writer expanding the placeholders in
+memory while it writes (`python -m benchmarks litert-convert` measures the peak).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterable
+import time
 from pathlib import Path
 
 import jax
@@ -24,14 +25,16 @@ import numpy as np
 from jax import export as jax_export
 
 from exporter.tflite_inspect import describe
+from exporter.tflite_weights import fill_weights, placeable, placeholder
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, kv_names
-from model_zoo.checkpoints.native import weight_specs
+from model_zoo.checkpoints.native import weight_offsets, weight_specs
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 
 DIRECTORY = "litert"
 TFLITE = "model.tflite"
 BUNDLE = "model.litertlm"
+EMBEDDING = "embedder.embedding"
 
 
 def _converter():
@@ -42,22 +45,26 @@ def _converter():
     return ir, passmanager, converter_api_ext, stablehlo
 
 
-def _constants(context, specs: dict, weights: Iterable[tuple[str, np.ndarray]]) -> dict:
-    """One MLIR constant attribute per weight (the converter copies each array once)."""
+def _constants(context, config: ModelConfig, weights_file: Path, offsets: dict[str, int],
+               fused: bool) -> tuple[dict, dict[str, float]]:
+    """One MLIR constant attribute per weight, and the placeholder value of each weight that
+    goes in as a splat (its values are written into the flatbuffer after conversion)."""
     ir = _converter()[0]
-    attributes = {}
+    # Without the soft-cap composite the converter folds x / cap into the LM head: a second
+    # table computed from the first, which therefore must go in with its values.
+    folded = {EMBEDDING} if not fused and config.final_logit_softcap is not None else set()
+    attributes, placed = {}, {}
     with context, ir.Location.unknown():
-        for name, value in weights:
-            shape, dtype = specs[name]
-            value = np.ascontiguousarray(value, dtype=dtype)
-            if value.shape != shape:
-                raise GemmaforgeError(f"weight {name} has shape {value.shape}, expected {shape}")
-            attributes[name] = ir.DenseElementsAttr.get(
-                value, type=ir.RankedTensorType.get(shape, ir.F32Type.get()))
-    missing = set(specs) - set(attributes)
-    if missing:
-        raise GemmaforgeError(f"no values for weights {', '.join(sorted(missing)[:5])}")
-    return attributes
+        for name, (shape, _) in weight_specs(config).items():
+            kind = ir.RankedTensorType.get(shape, ir.F32Type.get())
+            if placeable(shape) and name not in folded:
+                placed[name] = placeholder(len(placed))
+                attributes[name] = ir.DenseElementsAttr.get_splat(
+                    kind, ir.FloatAttr.get(ir.F32Type.get(), placed[name]))
+            else:
+                value = np.array(np.memmap(weights_file, np.float32, "r", offsets[name], shape))
+                attributes[name] = ir.DenseElementsAttr.get(value, type=kind)
+    return attributes, placed
 
 
 def _main_function(module):
@@ -118,12 +125,15 @@ def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
 
 
 def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
-                 weights: Iterable[tuple[str, np.ndarray]], *, fused: bool = True) -> dict:
-    """Writes directory/model.tflite and returns its manifest section."""
+                 weights_file: Path, *, fused: bool = True) -> dict:
+    """Writes directory/model.tflite with the weights in `weights_file` (our safetensors) and
+    returns its manifest section."""
     ir, _, converter, _ = _converter()
+    started = time.perf_counter()
+    offsets = weight_offsets(weights_file, config)
     context = ir.Context()
     converter.prepare_mlir_context(context)
-    attributes = _constants(context, weight_specs(config), weights)
+    attributes, placed = _constants(context, config, weights_file, offsets, fused)
     entries = [EntryPoint(f"prefill_{t}", t, False) for t in options.buckets]
     entries.append(EntryPoint("decode", 1, True))
     modules = [convert_entry(config, entry, options, context, attributes, fused)
@@ -132,9 +142,14 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     with context:
         merged = converter.merge_modules(modules) if len(modules) > 1 else modules[0]
         converter.export_flatbuffer_to_file(merged.operation, os.fspath(path))
+    del merged, modules, attributes, context
+    converted = time.perf_counter() - started
+    shapes = {name: shape for name, (shape, _) in weight_specs(config).items()}
+    written = fill_weights(path, placed, weights_file, offsets, shapes)
     structure = describe(path)
     return {"file": f"{DIRECTORY}/{TFLITE}", "fused": fused,
-            "signatures": structure["signatures"]}
+            "signatures": structure["signatures"], "convert_seconds": round(converted, 2),
+            "weights_written_after_conversion": written}
 
 
 def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_len: int):

@@ -38,7 +38,7 @@ from exporter.onnx_fused import PROFILES, fuse_skip_norms
 from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, tensor_proto
 from exporter.onnx_lower import lower_jaxpr, prune, rename
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, weight_specs
-from model_zoo.checkpoints.safetensors_reader import read_header
+from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 
@@ -73,15 +73,9 @@ class OnnxGraph:
 
 def weight_constants(path: Path, config: ModelConfig) -> dict[str, Const]:
     """Every weight as a constant read from `path` (our safetensors) only when saved."""
-    header, data_start = read_header(path)
-    constants = {}
-    for name, spec in weight_specs(config).items():
-        entry = header[name]
-        if entry["dtype"] != "F32" or tuple(entry["shape"]) != tuple(spec.shape):
-            raise GemmaforgeError(f"{path}: {name} is {entry['dtype']} {entry['shape']}, "
-                                  f"expected F32 {list(spec.shape)}")
-        offset = data_start + entry["data_offsets"][0]
-        shape = tuple(spec.shape)
+    constants, specs = {}, weight_specs(config)
+    for name, offset in weight_offsets(path, config).items():
+        shape = tuple(specs[name].shape)
 
         def load(offset=offset, shape=shape) -> np.ndarray:
             return np.memmap(path, np.float32, "r", offset, shape)

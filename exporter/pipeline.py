@@ -101,7 +101,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if "litert" in formats:
             directory = root / LITERT_DIRECTORY
             directory.mkdir()
-            section = write_tflite(model.config, directory, options, model.weights(),
+            section = write_tflite(model.config, directory, options, root / WEIGHTS,
                                    fused=options.fused)
             tokenizer = manifest["tokenizer"]
             section["bundle"] = write_litertlm(

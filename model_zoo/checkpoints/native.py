@@ -14,6 +14,7 @@ import numpy as np
 
 from model_zoo.checkpoints.hf_names import SAME, TensorMap
 from model_zoo.config import ModelConfig
+from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
 from model_zoo.tree import flatten, path_name
 
@@ -63,6 +64,22 @@ def weight_specs(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dty
     """Our dotted parameter names -> (shape, dtype), in the parameters' order."""
     return {path_name(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
             for path, leaf in flatten(abstract_params(config))}
+
+
+def weight_offsets(path: Path, config: ModelConfig) -> dict[str, int]:
+    """Each weight's byte offset in `path`, our float32 safetensors for `config`, checked
+    against the config's names and shapes: readers map or read the tensors from there."""
+    from model_zoo.checkpoints.safetensors_reader import read_header
+
+    header, data_start = read_header(path)
+    offsets = {}
+    for name, (shape, _) in weight_specs(config).items():
+        entry = header.get(name)
+        if entry is None or entry["dtype"] != "F32" or tuple(entry["shape"]) != shape:
+            found = "missing" if entry is None else f"{entry['dtype']} {entry['shape']}"
+            raise GemmaforgeError(f"{path}: {name} is {found}, expected F32 {list(shape)}")
+        offsets[name] = data_start + entry["data_offsets"][0]
+    return offsets
 
 
 def save_params(path: str | Path, params: Params) -> None:
