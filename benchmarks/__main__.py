@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks import export, litert, load, onnx, reference, runtimes
+from benchmarks import export, litert, load, onnx, quality, reference, runtimes
 
 BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run,
               "runtimes": runtimes.run, "litert": litert.run,
               "litert-convert": litert.run_convert, "onnx": onnx.run,
-              "onnx-export": onnx.run_export}
+              "onnx-export": onnx.run_export, "quality": quality.run}
 
 
 def main(names: list[str]) -> None:

@@ -18,6 +18,7 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import default_max_len
 from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
+from quantize import get_recipe, quantize_params
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import PRIMARY, RUNTIMES, make_runner
@@ -94,17 +95,27 @@ def generate_command(
     max_len: int | None = typer.Option(None, "--max-len", min=1,
                                        help="Cache length (default min(context, 1024))."),
     mesh: str | None = typer.Option(None, "--mesh", help="Shard parameters on a DATAxMODEL mesh."),
+    quant: str | None = typer.Option(
+        None, "--quant", "-q",
+        help="Run the quantized reference: a recipe (f32, fp16, int8, int8-dyn, int4, "
+             "int4-b128) or a .toml/.json recipe file."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
+    recipe = get_recipe(quant) if quant else None  # a bad recipe fails before the model loads
+    if recipe is not None and mesh:
+        raise GemmaforgeError("--quant runs the quantized reference unsharded: drop --mesh")
     model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
                  mesh=device_mesh)
-    runner = JaxRunner(model.config, model.params,
-                       max_len=max_len or default_max_len(model.config))
+    params, weights = model.params, model.source
+    if recipe is not None:
+        params, _ = quantize_params(params, recipe)
+        weights = f"{weights}, quantized {recipe.name}"
+    runner = JaxRunner(model.config, params, max_len=max_len or default_max_len(model.config))
     result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
-                           weights=model.source, max_new_tokens=max_new_tokens,
+                           weights=weights, max_new_tokens=max_new_tokens,
                            sampler=sampler, chat=chat)
     _print_generation(result, as_json, chat)
     if model.random_weights and not as_json:

@@ -22,6 +22,7 @@ from model_zoo import composites
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.layers import Attention, Embedder, FeedForward, RMSNorm
+from model_zoo.quantized import dequantize_params, is_quantized
 from model_zoo.tree import get_path, path_name, set_path
 
 Params = dict[str, Any]
@@ -164,7 +165,10 @@ def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax
           cache: KVCache, *, fused: bool = True,
           logits_index: jax.Array | None = None, table_left_head: bool = True,
           logits: bool = True, fused_rope: bool = False) -> tuple[jax.Array | None, KVCache]:
-    """`Gemma.__call__` as a pure function of the parameters. See there for shapes."""
+    """`Gemma.__call__` as a pure function of the parameters. See there for shapes. Quantized
+    parameters (`model_zoo.quantized`) are dequantized here, inside the trace."""
+    if is_quantized(params):
+        params = dequantize_params(config, params)
     model = nnx.merge(graphdef(config), params)
     return model(tokens, positions, cache, fused=fused, logits_index=logits_index,
                  table_left_head=table_left_head, logits=logits, fused_rope=fused_rope)

@@ -1,2 +1,77 @@
-"""QuantSpec and recipes -> one quantized parameter tree shared by every format. Empty until the
-quantization issue lands."""
+"""QuantSpec and recipes -> one quantized parameter tree shared by every format.
+
+`apply(weights, recipe)` rounds each parameter once: integer values and scales
+(`QuantizedTensor`), float16 arrays, or float32 arrays kept as they are. Every artifact is lowered
+from that one result, and the JAX reference runs its dequantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from model_zoo.errors import GemmaforgeError
+from model_zoo.quantized import QArray
+from model_zoo.transformer import Params
+from model_zoo.tree import flatten, parse_name, path_name, set_path
+from quantize.recipes import RECIPES, Recipe, get_recipe, in_axes, load_recipe_file
+from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
+
+__all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",
+           "dequantize", "get_recipe", "load_recipe_file", "quantize_params", "specs_of",
+           "to_params"]
+
+Quantized = QuantizedTensor | np.ndarray
+
+
+def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str) -> dict[str, Quantized]:
+    """name -> QuantizedTensor, or a float16 / float32 array, for each (name, float32 array)."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    out = {}
+    for name, weight in weights:
+        weight = np.asarray(weight, np.float32)
+        spec = recipe.spec_for(name, weight.shape)
+        if spec == FLOAT32:
+            out[name] = weight
+        elif spec == FLOAT16:
+            out[name] = weight.astype(np.float16)
+        else:
+            out[name] = quantize_tensor(name, weight, spec, in_axes(name))
+    return out
+
+
+def dequantize(value: Quantized) -> np.ndarray:
+    """float32, the weight's own shape: what the quantized reference computes with."""
+    if isinstance(value, QuantizedTensor):
+        return value.dequantize()
+    return np.asarray(value, np.float32)
+
+
+def specs_of(quantized: dict[str, Quantized]) -> dict[str, dict]:
+    """Per-tensor specs, for the manifest."""
+    return {name: value.spec.describe() if isinstance(value, QuantizedTensor)
+            else {"dtype": str(value.dtype)} for name, value in quantized.items()}
+
+
+def to_params(quantized: dict[str, Quantized]) -> Params:
+    """The model's parameter tree: a `QArray` for each quantized tensor, float16 / float32 arrays
+    for the rest. `model_zoo.transformer.apply` runs it, dequantizing inside the trace."""
+    tree: Params = {}
+    for name, value in quantized.items():
+        if isinstance(value, QuantizedTensor):
+            value = QArray(value.values, value.scales, value.zeros)
+        set_path(tree, parse_name(name), value)
+    return tree
+
+
+def quantize_params(params: Params, recipe: Recipe | str) -> tuple[Params, dict[str, Quantized]]:
+    """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    specs = [spec for _, spec in recipe.rules] + [recipe.default]
+    if any(getattr(spec, "activations", None) for spec in specs):
+        raise GemmaforgeError(f"recipe {recipe.name} quantizes activations, which the JAX "
+                              "reference does not run yet; use a weight-only recipe (int8, int4)")
+    quantized = apply(((path_name(path), np.asarray(leaf)) for path, leaf in flatten(params)),
+                      recipe)
+    return to_params(quantized), quantized

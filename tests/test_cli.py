@@ -47,6 +47,19 @@ def test_generate_json_on_random_weights(capsys):
     assert isinstance(result["text"], str)
 
 
+def test_generate_runs_the_quantized_reference(capsys):
+    args = ("generate", "tiny-gemma2", "--prompt", "Hello", "-n", "6", "--json")
+    code, out, _ = run(capsys, *args, "--quant", "int4")
+    assert code == 0
+    result = json.loads(out)
+    assert result["weights"] == "random weights (seed 0), quantized int4"
+    assert len(result["generated_ids"]) == 6
+    # f32 is a recipe too, and changes nothing.
+    same = json.loads(run(capsys, *args, "--quant", "f32")[1])
+    plain = json.loads(run(capsys, *args)[1])
+    assert same["generated_ids"] == plain["generated_ids"]
+
+
 def test_generate_says_when_weights_are_random(capsys):
     code, out, err = run(capsys, "generate", "tiny-gemma1", "--prompt", "Hi", "-n", "3")
     assert code == 0
@@ -68,6 +81,10 @@ def test_sampling_is_seeded(capsys):
     (("generate", "tiny-gemma2", "-p", "x", "-n", "500"), "raise --max-len"),
     (("generate", "tiny-gemma2", "-p", "x", "--mesh", "3x"), "DATAxMODEL"),
     (("generate", "tiny-gemma2", "--bogus"), "No such option"),
+    (("generate", "tiny-gemma2", "-p", "x", "--quant", "int3"), "unknown recipe 'int3'"),
+    (("generate", "tiny-gemma2", "-p", "x", "--quant", "int4-b128"), "block 128 does not divide"),
+    (("generate", "tiny-gemma2", "-p", "x", "--quant", "int8", "--mesh", "1x1"), "drop --mesh"),
+    (("generate", "tiny-gemma2", "-p", "x", "--quant", "int8-dyn"), "quantizes activations"),
     (("zoo", "show", "nothing"), "unknown preset"),
 ])
 def test_user_errors_are_one_line(capsys, args, message):

@@ -1,0 +1,73 @@
+"""Quantized parameters inside the model: a parameter may be a `QArray` (integer values and
+scales, see `quantize.spec`) or a float16 array, and `dequantize_params` turns the tree back into
+float32 inside the trace. So the quantized reference runs the same forward as the float one, and
+an exported graph holds the integer constants and the dequantization, not float32 weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from model_zoo.config import ModelConfig
+
+# How many of a weight's axes are the matmul's input features: leading axes (> 0) for the
+# projections (x @ W), trailing (< 0) for the table, whose rows are the LM head's outputs.
+IN_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "up_proj": 1,
+           "down_proj": 1, "embedding": -1}
+
+
+class QArray(NamedTuple):
+    """values int8/uint8 [in, out]; scales float32 [in / block, out]; zeros (asymmetric grids)
+    like the scales, or None."""
+
+    values: Any
+    scales: Any
+    zeros: Any = None
+
+
+def dequantize(q: QArray, shape: tuple[int, ...], in_axes: int) -> jax.Array:
+    """float32 in the weight's own `shape`: (values - zeros) * scales, each scale repeated over
+    its block of inputs."""
+    groups, outputs = q.scales.shape
+    values = q.values.astype(jnp.float32).reshape(groups, -1, outputs)
+    if q.zeros is not None:
+        values = values - q.zeros.astype(jnp.float32)[:, None, :]
+    matrix = (values * q.scales[:, None, :]).reshape(-1, outputs)
+    if in_axes > 0:
+        return matrix.reshape(shape)
+    return matrix.T.reshape(shape)
+
+
+def _name(path) -> str:
+    return ".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def is_quantized(params: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray))
+    return any(isinstance(leaf, QArray) or getattr(leaf, "dtype", None) == jnp.float16
+               for leaf in leaves)
+
+
+def dequantize_params(config: ModelConfig, params: Any) -> Any:
+    """The tree with every QArray and float16 leaf as float32 (in the trace when traced)."""
+    from model_zoo.transformer import abstract_params
+
+    abstract = abstract_params(config)
+
+    def one(path, leaf):
+        if isinstance(leaf, QArray):
+            target = abstract
+            for key in path:
+                target = target[getattr(key, "key", getattr(key, "idx", key))]
+            name = _name(path)
+            role = name.rsplit(".", 1)[-1]
+            return dequantize(leaf, tuple(target.shape), IN_AXES[role])
+        if getattr(leaf, "dtype", None) == jnp.float16:
+            return leaf.astype(jnp.float32)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(one, params,
+                                            is_leaf=lambda x: isinstance(x, QArray))

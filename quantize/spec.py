@@ -1,0 +1,140 @@
+"""How one weight is quantized (QuantSpec), and the integer values and scales that result.
+
+A weight is seen as a matrix [in, out]: `in` the axes a matmul contracts (the input features),
+`out` the rest (the output channels). Scales run along `out`, one per channel (`block=None`) or
+one per `block` consecutive inputs of each channel. Symmetric grids store q in [-2^(b-1)+1,
+2^(b-1)-1] with w = scale * q; asymmetric grids store q in [0, 2^b - 1] with
+w = scale * (q - zero), zero an integer of the same range. Values travel unpacked in int8 (uint8
+for asymmetric 8-bit); each format packs them as it stores them. `float16` keeps the weight in
+half precision and computes in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from model_zoo.errors import GemmaforgeError
+
+BITS = (4, 8)
+BLOCKS = (32, 64, 128)
+ACTIVATIONS = (None, "int8-dynamic")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """bits 4 or 8; block None (per channel) or 32/64/128 inputs; symmetric or asymmetric;
+    activations None (weight-only) or "int8-dynamic" (int8 activations, scaled per token)."""
+
+    bits: int
+    block: int | None = None
+    symmetric: bool = True
+    activations: str | None = None
+
+    def __post_init__(self):
+        if self.bits not in BITS:
+            raise GemmaforgeError(f"quantization bits must be one of {list(BITS)}, got "
+                                  f"{self.bits}")
+        if self.block is not None and self.block not in BLOCKS:
+            raise GemmaforgeError(f"quantization block must be one of {list(BLOCKS)} or none "
+                                  f"(per channel), got {self.block}")
+        if self.activations not in ACTIVATIONS:
+            raise GemmaforgeError(f"activations must be none or int8-dynamic, got "
+                                  f"{self.activations!r}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) + 1 if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+
+    def describe(self) -> dict:
+        return {"bits": self.bits, "block": self.block, "symmetric": self.symmetric,
+                "activations": self.activations}
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatSpec:
+    """A weight kept in floating point: "float32", or "float16" storage (float32 compute)."""
+
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "float16"):
+            raise GemmaforgeError(f"float weights are float32 or float16, got {self.dtype!r}")
+
+    def describe(self) -> dict:
+        return {"dtype": self.dtype}
+
+
+FLOAT32 = FloatSpec("float32")
+FLOAT16 = FloatSpec("float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedTensor:
+    """values int8 [in, out]; scales float32 [in / block (1 per channel), out]; zeros int8 of the
+    scales' shape for asymmetric grids; `shape` and `in_axes` restore the weight's own layout."""
+
+    values: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray | None
+    spec: QuantSpec
+    shape: tuple[int, ...]
+    in_axes: int  # the weight's leading (in_axes > 0) or trailing (< 0) axes form `in`
+
+    def dequantize(self) -> np.ndarray:
+        """float32 in the weight's own shape, computed as every format computes it."""
+        rows = self.values.shape[0] // self.scales.shape[0]
+        q = self.values.astype(np.float32)
+        if self.zeros is not None:
+            q = q - np.repeat(self.zeros.astype(np.float32), rows, axis=0)
+        matrix = q * np.repeat(self.scales, rows, axis=0)
+        return from_matrix(matrix, self.shape, self.in_axes)
+
+
+def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:
+    """The weight as [in, out]: its first `in_axes` axes (or last `-in_axes`) are `in`."""
+    if in_axes > 0:
+        return weight.reshape(math.prod(weight.shape[:in_axes]), -1)
+    split = weight.ndim + in_axes
+    return weight.reshape(math.prod(weight.shape[:split]), -1).T
+
+
+def from_matrix(matrix: np.ndarray, shape: tuple[int, ...], in_axes: int) -> np.ndarray:
+    if in_axes > 0:
+        return np.ascontiguousarray(matrix.reshape(shape))
+    return np.ascontiguousarray(matrix.T.reshape(shape))
+
+
+def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
+                    in_axes: int) -> QuantizedTensor:
+    """Round-to-nearest onto `spec`'s grid, scales from each group's range."""
+    matrix = to_matrix(np.asarray(weight, np.float32), in_axes)
+    inputs, outputs = matrix.shape
+    block = spec.block or inputs
+    if inputs % block:
+        raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {inputs} input "
+                              f"features; use a block that divides {inputs} or per-channel")
+    groups = matrix.reshape(inputs // block, block, outputs)
+    if spec.symmetric:
+        scales = np.abs(groups).max(axis=1) / spec.qmax
+        zeros = None
+    else:
+        low = np.minimum(groups.min(axis=1), 0.0)
+        high = np.maximum(groups.max(axis=1), 0.0)
+        scales = (high - low) / (spec.qmax - spec.qmin)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    storage = np.int8 if spec.qmax < 128 else np.uint8
+    if not spec.symmetric:
+        zeros = np.clip(np.round(-low / scales), spec.qmin, spec.qmax).astype(storage)
+    shifted = groups / scales[:, None, :]
+    if zeros is not None:
+        shifted = shifted + zeros[:, None, :]
+    values = np.clip(np.round(shifted), spec.qmin, spec.qmax).astype(storage)
+    values = values.reshape(inputs, outputs)
+    return QuantizedTensor(values, scales, zeros, spec, tuple(weight.shape), in_axes)

@@ -1,0 +1,175 @@
+"""Quantization specs and recipes: the grids, the rounding error bound, exactness on the grid,
+the tied embedding quantized once, user recipe files, and clear errors for bad input."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import model_zoo as mz
+import quantize
+from model_zoo.cache import KVCache
+from model_zoo.checkpoints.native import weight_specs
+from model_zoo.errors import GemmaforgeError
+from model_zoo.quantized import dequantize_params
+from model_zoo.transformer import apply
+from model_zoo.tree import flatten, get_path, parse_name, path_name, unflatten
+from quantize.spec import QuantSpec, quantize_tensor
+
+# Round-to-nearest puts every weight within half a step of its grid point; float32 arithmetic on
+# the scale adds a few ulps.
+HALF_STEP_SLACK = 1.0 + 1e-5
+# Dequantization fused into a matmul by XLA: float32 reordering only (relative to max |logit|).
+FUSED_DEQUANTIZE_RTOL = 1e-5
+
+
+# tiny-gemma3 widened so that every input dimension holds a block of 128.
+WIDE = dataclasses.replace(mz.get_preset("tiny-gemma3"), name="tiny-gemma3-wide", embed_dim=128,
+                           hidden_dim=256, head_dim=32)
+
+
+def _weights(config=WIDE, seed=0):
+    params = mz.init_params(config, seed)
+    return [(path_name(p), np.asarray(leaf)) for p, leaf in flatten(params)]
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, block=32), QuantSpec(8, block=64),
+                                  QuantSpec(4, block=32, symmetric=False),
+                                  QuantSpec(8, symmetric=False)])
+def test_rounding_error_is_at_most_half_a_step(spec):
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(128, 4, 16)).astype(np.float32) + (0 if spec.symmetric else 0.3)
+    q = quantize_tensor("w.q_proj", weight, spec, in_axes=1)
+    assert q.values.min() >= spec.qmin and q.values.max() <= spec.qmax
+    blocks = 128 // (spec.block or 128)
+    assert q.scales.shape == (blocks, 64) and q.values.shape == (128, 64)
+    step = np.repeat(q.scales, 128 // blocks, axis=0).reshape(128, 4, 16)
+    error = np.abs(q.dequantize() - weight)
+    assert np.all(error <= step / 2 * HALF_STEP_SLACK)
+    # The grid's ends are reached: scales are not wastefully large.
+    assert q.values.max() == spec.qmax or q.values.min() == spec.qmin
+
+
+def test_values_on_the_grid_come_back_exactly():
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(0.01, 0.1, size=(2, 8)).astype(np.float32)
+    values = rng.integers(-7, 8, size=(64, 8)).astype(np.float32)
+    values[0] = 7  # each block's maximum sits on the grid's end, so its scale is recovered
+    values[32] = -7
+    weight = (values * np.repeat(scales, 32, axis=0)).astype(np.float32)
+    q = quantize_tensor("w.gate_proj", weight, QuantSpec(4, block=32), in_axes=1)
+    np.testing.assert_array_equal(q.values, values.astype(np.int8))
+    np.testing.assert_allclose(q.dequantize(), weight, rtol=1e-6, atol=0)
+
+
+def test_the_table_is_quantized_along_its_rows():
+    # The LM head contracts D, the table's last axis: one scale per vocabulary row.
+    table = np.random.default_rng(2).normal(size=(512, 64)).astype(np.float32)
+    table[7] *= 100  # one loud row does not coarsen the others' scales
+    q = quantize_tensor("embedder.embedding", table, QuantSpec(8), in_axes=-1)
+    assert q.scales.shape == (1, 512)
+    assert np.abs(q.dequantize()[0] - table[0]).max() < np.abs(table[0]).max() / 100
+
+
+@pytest.mark.parametrize("recipe", sorted(quantize.RECIPES))
+def test_every_named_recipe_covers_every_parameter_once(recipe):
+    weights = _weights()
+    quantized = quantize.apply(weights, recipe)
+    assert list(quantized) == [name for name, _ in weights]  # one table: lookup and LM head
+    for name, weight in weights:
+        back = quantize.dequantize(quantized[name])
+        assert back.shape == weight.shape and back.dtype == np.float32
+        if weight.ndim == 1:  # norm scales stay float32 in every recipe
+            np.testing.assert_array_equal(back, weight)
+
+
+def test_int4_keeps_the_table_int8_and_blocks_of_32_elsewhere():
+    quantized = quantize.apply(_weights(), "int4")
+    assert quantized["embedder.embedding"].spec == QuantSpec(8)
+    assert quantized["layers.0.mlp.down_proj"].spec == QuantSpec(4, block=32)
+    assert quantized["layers.0.attn.o_proj"].values.shape == (128, 128)  # [N*H, D]
+    specs = quantize.specs_of(quantized)
+    vectors = [name for name, weight in _weights() if weight.ndim == 1]
+    assert vectors and all(specs[name] == {"dtype": "float32"} for name in vectors)
+
+
+def test_int8_error_is_far_below_int4_error():
+    weights = dict(_weights())
+    errors = {}
+    for recipe in ("int8", "int4", "fp16"):
+        quantized = quantize.apply(weights.items(), recipe)
+        w = weights["layers.0.mlp.gate_proj"]
+        errors[recipe] = np.abs(quantize.dequantize(quantized["layers.0.mlp.gate_proj"]) - w).max()
+    assert errors["fp16"] < errors["int8"] < errors["int4"] / 4
+
+
+def test_user_recipe_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('default = {bits = 4, block = 64}\n'
+                    '[[rules]]\nmatch = "embedder"\nspec = {bits = 8}\n'
+                    '[[rules]]\nmatch = \'layers\\.0\\.\'\nspec = "f32"\n')
+    recipe = quantize.get_recipe(str(path))
+    assert recipe.name == "mine"
+    quantized = quantize.apply(_weights(), recipe)
+    assert quantized["embedder.embedding"].spec == QuantSpec(8)
+    assert isinstance(quantized["layers.0.mlp.up_proj"], np.ndarray)
+    assert quantized["layers.1.mlp.up_proj"].spec == QuantSpec(4, block=64)
+    json_path = tmp_path / "same.json"
+    json_path.write_text('{"default": "fp16"}')
+    assert quantize.apply(_weights(), str(json_path))["layers.1.mlp.up_proj"].dtype == np.float16
+
+
+@pytest.mark.parametrize("text, message", [
+    ("default = {bits = 3}", "bits must be one of"),
+    ("default = {bits = 4, block = 48}", "block must be one of"),
+    ("default = {bits = 8, activations = \"int16\"}", "activations must be"),
+    ("default = {bits = 8, size = 3}", "takes only bits"),
+    ("[[rules]]\nmatch = \"(\"\nspec = \"f32\"", "bad regular expression"),
+    ("colour = 1", "unknown keys"),
+    ("default = ", "not valid TOML"),
+])
+def test_bad_recipe_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(GemmaforgeError, match=message):
+        quantize.get_recipe(str(path))
+
+
+def test_unknown_recipe_and_a_block_that_does_not_divide():
+    with pytest.raises(GemmaforgeError, match="unknown recipe 'int3'; recipes: f32, fp16"):
+        quantize.get_recipe("int3")
+    with pytest.raises(GemmaforgeError, match="block 128 does not divide layers.0.attn.k_proj's "
+                                              "64 input features"):
+        quantize.apply(_weights(mz.get_preset("tiny-gemma3")), "int4-b128")
+
+
+def test_specs_cover_the_config():
+    config = mz.get_preset("tiny-gemma2")
+    quantized = quantize.apply(_weights(config), "int8")
+    assert set(quantize.specs_of(quantized)) == set(weight_specs(config))
+
+
+@pytest.mark.parametrize("recipe", ["int8", "int4", "fp16"])
+def test_quantized_reference_is_the_float_model_on_the_dequantized_weights(recipe, tiny_params):
+    config = mz.get_preset("tiny-gemma2")
+    params = tiny_params("tiny-gemma2")
+    qparams, quantized = quantize.quantize_params(params, recipe)
+    dequantized = unflatten((parse_name(name), quantize.dequantize(value))
+                            for name, value in quantized.items())
+    tokens = jnp.asarray([[2, 17, 99, 401, 7, 8]], jnp.int32)
+    positions = jnp.arange(6, dtype=jnp.int32)[None]
+    run = jax.jit(lambda p: apply(config, p, tokens, positions,
+                                  KVCache.create(config, 1, 16))[0])
+    # In-graph dequantization gives the very weights numpy's does...
+    in_graph = jax.jit(lambda p: dequantize_params(config, p))(qparams)
+    for path, leaf in flatten(dequantized):
+        np.testing.assert_array_equal(np.asarray(get_path(in_graph, path)), leaf)
+    # ...and XLA, fusing it into the matmuls, only reorders float32 rounding.
+    quantized_logits, reference_logits = run(qparams), run(dequantized)
+    scale = np.abs(np.asarray(reference_logits)).max()
+    np.testing.assert_allclose(quantized_logits, reference_logits, rtol=0,
+                               atol=FUSED_DEQUANTIZE_RTOL * scale)
+    float_logits = run(params)
+    assert not np.array_equal(np.asarray(quantized_logits), np.asarray(float_logits))
