@@ -158,6 +158,10 @@ def export_command(
     onnx_profile: str = typer.Option(
         "ort", "--onnx-profile",
         help="ONNX ops: ort (ONNX Runtime's fused contrib ops) or standard (opset 23 only)."),
+    quant: str | None = typer.Option(
+        None, "--quant", "-q",
+        help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128) or a "
+             ".toml/.json recipe file; StableHLO so far."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
                                   help="Validate each format on its main runtime after export."),
@@ -172,7 +176,7 @@ def export_command(
     manifest = export(model, out, formats=formats, max_len=max_len,
                       buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
                       mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, task=task,
-                      onnx_profile=onnx_profile, force=force)
+                      onnx_profile=onnx_profile, quant=quant, force=force)
     report = None
     if validate:  # the quick check; `gemmaforge validate` runs every runtime
         report = validate_artifact(out, [PRIMARY[name] for name in formats])
@@ -181,7 +185,9 @@ def export_command(
     else:
         print(f"wrote {out}: {', '.join(formats)}, buckets "
               f"{','.join(map(str, manifest['buckets']))}, max_len {manifest['max_len']}, "
-              f"weights {model.source}, {manifest['export_seconds']} s")
+              f"weights {model.source}"
+              + (f", quantized {manifest['recipe']}" if "quantization" in manifest else "")
+              + f", {manifest['export_seconds']} s")
         if report is not None:
             print(format_report(report))
     if report is not None and not report["passed"]:

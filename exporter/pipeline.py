@@ -6,8 +6,10 @@ import os
 import time
 from pathlib import Path
 
+import jax
 from jax.sharding import Mesh
 
+import quantize
 from exporter.artifact import (
     FORMAT_VERSION,
     TOKENIZER,
@@ -27,9 +29,12 @@ from model_zoo.checkpoints.native import weight_specs, write_safetensors
 from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
+from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer
+from quantize import get_recipe
 
 FORMATS = ("stablehlo", "onnx", "litert")
+QUANTIZED_FORMATS = ("stablehlo",)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -60,11 +65,12 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
            max_len: int | None = None, buckets: tuple[int, ...] | None = None,
            platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
            fused: bool = True, symbolic_prefill: bool = True, task: bool = False,
-           onnx_profile: str = "ort", force: bool = False) -> dict:
+           onnx_profile: str = "ort", quant: str | None = None, force: bool = False) -> dict:
     """Writes `out` (atomically) and returns its manifest. Validation is a separate step:
     `runtimes.validate.validate_artifact(out)`. `task` adds a MediaPipe .task bundle to the
     LiteRT files; `onnx_profile` picks the ONNX ops ("ort": ONNX Runtime's fused contrib ops,
-    "standard": standard opset-23 ops only)."""
+    "standard": standard opset-23 ops only). `quant` names a recipe (or a recipe file): the
+    weights are quantized once and every program runs those numbers."""
     for name in formats:
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
@@ -73,27 +79,47 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     if onnx_profile not in PROFILES:
         raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
+    recipe = get_recipe(quant) if quant is not None else None
+    quantized_formats = [name for name in formats if name not in QUANTIZED_FORMATS]
+    if recipe is not None and quantized_formats:
+        raise GemmaforgeError(f"--quant is lowered to {', '.join(QUANTIZED_FORMATS)} only so far, "
+                              f"not {', '.join(quantized_formats)}: export those without --quant")
+    if recipe is not None and mesh is not None:
+        raise GemmaforgeError("--quant exports unsharded weights: drop --mesh")
     options = resolve_options(model.config, max_len, buckets, fused=fused,
                               symbolic_prefill=symbolic_prefill)
     started = time.perf_counter()
     with atomic_directory(out, force=force) as root:
-        write_safetensors(root / WEIGHTS, weight_specs(model.config), model.weights())
+        stored = None
+        if recipe is None:
+            write_safetensors(root / WEIGHTS, weight_specs(model.config), model.weights())
+        else:
+            quantized = quantize.apply(model.weights(), recipe)
+            flat = flatten_params(quantize.to_params(quantized))
+            write_safetensors(root / WEIGHTS, {n: (a.shape, a.dtype) for n, a in flat.items()},
+                              flat.items())
+            stored = {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in flat.items()}
+            del flat
         manifest = {
             "format_version": FORMAT_VERSION,
             "preset": model.config.name,
             "config": config_to_dict(model.config),
             "weights_source": model.source,
-            "recipe": "f32",
-            "precision": "float32",
+            "recipe": "f32" if recipe is None else recipe.name,
+            "precision": "float32" if recipe is None else f"quantized {recipe.name}",
             "max_len": options.max_len,
             "buckets": list(options.buckets),
             "fused": options.fused,
             "tokenizer": tokenizer_entry(model, root),
             "formats": {},
         }
+        if recipe is not None:
+            manifest["quantization"] = {"recipe": recipe.name,
+                                        "tensors": quantize.specs_of(quantized)}
+            del quantized
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
-                model.config, root, options, platforms=platforms, mesh=mesh)
+                model.config, root, options, platforms=platforms, mesh=mesh, weights=stored)
         if "onnx" in formats:
             manifest["formats"]["onnx"] = write_onnx(
                 model.config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,

@@ -62,15 +62,17 @@ def _tensor_entries(names: list[str], avals) -> list[dict]:
 
 
 def export_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
-                 platforms: tuple[str, ...], mesh: Mesh | None) -> jax_export.Exported:
-    """`jax.export` of one entry point with weights as its first argument."""
+                 platforms: tuple[str, ...], mesh: Mesh | None,
+                 weights: dict[str, jax.ShapeDtypeStruct] | None = None) -> jax_export.Exported:
+    """`jax.export` of one entry point with weights (dotted name -> spec; default the float32
+    parameters, else the stored tensors of a quantized tree) as its first argument."""
     fused = options.fused and len(platforms) == 1
     function = entry_function(config, entry, fused=fused)
     length = None
     if entry.symbolic:
         (length,) = jax_export.symbolic_shape("T", constraints=(f"T <= {options.max_len}",))
     tokens, positions, cache = input_specs(config, entry, options.max_len, length)
-    weights = weight_specs(config)
+    weights = weights or weight_specs(config)
     # keep_unused: prefill never reads the final norm or the last layer's MLP, and a uniform
     # signature lets every consumer pass the same weight list to every entry point.
     jitted = jax.jit(function, keep_unused=True)
@@ -88,15 +90,18 @@ def export_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
 
 
 def write_stablehlo(config: ModelConfig, root: Path, options: TraceOptions, *,
-                    platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None) -> dict:
-    """Writes root/stablehlo/ and returns its manifest section."""
+                    platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
+                    weights: dict[str, jax.ShapeDtypeStruct] | None = None) -> dict:
+    """Writes root/stablehlo/ and returns its manifest section. `weights`: the stored tensors'
+    specs when they are not the float32 parameters (a quantized tree, dequantized in the
+    programs)."""
     directory = root / DIRECTORY
     directory.mkdir()
-    weight_names = list(weight_specs(config))
+    weight_names = list(weights or weight_specs(config))
     cache_names = kv_names(config)
     entries = {}
     for entry in options.entry_points():
-        exported = export_entry(config, entry, options, platforms, mesh)
+        exported = export_entry(config, entry, options, platforms, mesh, weights)
         serialized = directory / f"{entry.name}.jax_exported"
         serialized.write_bytes(exported.serialize())
         text = exported.mlir_module()

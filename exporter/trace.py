@@ -30,8 +30,9 @@ from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
+from model_zoo.quantized import nest_params
 from model_zoo.transformer import Params, abstract_params, apply
-from model_zoo.tree import flatten, parse_name, path_name, unflatten
+from model_zoo.tree import flatten, path_name
 
 DEFAULT_BUCKETS = (32, 128, 512)
 SYMBOLIC_PREFILL = "prefill"
@@ -48,7 +49,8 @@ def flat_weights(params: Params) -> dict[str, jax.Array]:
 
 
 def nested_weights(weights: dict[str, jax.Array]) -> Params:
-    return unflatten((parse_name(name), value) for name, value in weights.items())
+    """Dotted names -> the parameter tree (quantized tensors as `QArray`s)."""
+    return nest_params(weights)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,3 +71,41 @@ def dequantize_params(config: ModelConfig, params: Any) -> Any:
 
     return jax.tree_util.tree_map_with_path(one, params,
                                             is_leaf=lambda x: isinstance(x, QArray))
+
+
+PARTS = ("values", "scales", "zeros")
+
+
+def flatten_params(params: Any) -> dict[str, Any]:
+    """Dotted name -> array, a QArray spread over `name.values`, `name.scales` (and
+    `name.zeros`): the tensors an artifact stores and an exported program takes."""
+    from model_zoo.tree import flatten, path_name
+
+    flat = {}
+    for path, leaf in flatten(params):
+        name = path_name(path)
+        if isinstance(leaf, QArray):
+            for part in PARTS:
+                if getattr(leaf, part) is not None:
+                    flat[f"{name}.{part}"] = getattr(leaf, part)
+        else:
+            flat[name] = leaf
+    return flat
+
+
+def nest_params(flat: dict[str, Any]) -> Any:
+    """`flatten_params` undone: the nested tree, QArrays rebuilt."""
+    from model_zoo.tree import parse_name, set_path
+
+    tree: dict = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for name, value in flat.items():
+        stem, _, part = name.rpartition(".")
+        if part in PARTS and stem:
+            groups.setdefault(stem, {})[part] = value
+        else:
+            set_path(tree, parse_name(name), value)
+    for stem, parts in groups.items():
+        set_path(tree, parse_name(stem), QArray(parts["values"], parts["scales"],
+                                                parts.get("zeros")))
+    return tree

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 from exporter.artifact import TOKENIZER, WEIGHTS, read_manifest, verify_files
-from model_zoo.checkpoints.native import native_tensor_map
+from model_zoo.checkpoints.native import native_tensor_map, read_tensors
 from model_zoo.checkpoints.safetensors_reader import read_safetensors
 from model_zoo.config import ModelConfig, config_from_dict
 from model_zoo.errors import GemmaforgeError
+from model_zoo.quantized import flatten_params, nest_params
 from model_zoo.spm import GemmaTokenizer
 from model_zoo.tokenizer import Tokenizer
 from model_zoo.transformer import Params
@@ -50,10 +51,21 @@ class Artifact:
         """The bundled SentencePiece model (for byte-tokenized test models, its exact twin)."""
         return GemmaTokenizer.from_file(self.root / TOKENIZER)
 
+    @property
+    def quantized(self) -> bool:
+        return "quantization" in self.manifest
+
     def weights(self, shardings: Params | None = None) -> Params:
-        """The float32 parameters the model was exported from."""
+        """The parameters the model was exported from: float32, or the quantized tree (integer
+        values and scales as `QArray`s) that its programs dequantize."""
+        if self.quantized:
+            return nest_params(read_tensors(self.root / WEIGHTS))
         return read_safetensors([self.root / WEIGHTS], self.config, str(self.root / WEIGHTS),
                                 shardings, table=native_tensor_map(self.config))
+
+    def flat_weights(self, shardings: Params | None = None) -> dict:
+        """The stored tensors by dotted name, as the exported programs take them."""
+        return flatten_params(self.weights(shardings))
 
 
 def open_artifact(path: str | os.PathLike) -> Artifact:

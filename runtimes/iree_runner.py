@@ -18,7 +18,6 @@ import numpy as np
 from exporter.trace import DECODE, empty_cache
 from model_zoo.checkpoints.default import cache_dir
 from model_zoo.errors import GemmaforgeError
-from model_zoo.tree import flatten, path_name
 from runtimes.artifact import Artifact
 from runtimes.entry_runner import EntryPointRunner
 
@@ -81,7 +80,7 @@ class IreeRunner(EntryPointRunner):
             self._context.add_vm_module(iree_runtime.VmModule.copy_buffer(
                 self._context.instance, flatbuffer))
             self._functions[entry] = self._context.modules[module_name]["main"]
-        weights = {path_name(p): leaf for p, leaf in flatten(artifact.weights())}
+        weights = artifact.flat_weights()
         self._weights = [self._device(np.asarray(weights[name]))
                          for name in section["weight_order"]]
         self._cache_names = sorted(empty_cache(self._config, 1))

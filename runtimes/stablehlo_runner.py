@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from exporter.trace import DECODE, empty_cache
 from model_zoo.errors import GemmaforgeError
 from model_zoo.sharding import make_mesh
-from model_zoo.tree import flatten, parse_name, path_name, set_path
+from model_zoo.tree import parse_name, set_path
 from runtimes.artifact import Artifact
 from runtimes.entry_runner import EntryPointRunner
 
@@ -32,8 +32,7 @@ class StableHLORunner(EntryPointRunner):
             for name, spec in section["shardings"].items():
                 set_path(shardings, parse_name(name), NamedSharding(mesh, PartitionSpec(*spec)))
             self._replicated = NamedSharding(mesh, PartitionSpec())
-        self._weights = {path_name(p): leaf for p, leaf in
-                         flatten(artifact.weights(shardings))}
+        self._weights = artifact.flat_weights(shardings)
         platform = jax.devices()[0].platform
         self._calls = {}
         for entry, info in section["entry_points"].items():

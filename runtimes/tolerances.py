@@ -27,3 +27,23 @@ ONNX_FLOAT32 = 1e-4
 ARTIFACT_TOLERANCES = {
     "float32": (1e-5, 5e-5),
 }
+
+# Quantized artifacts against the quantized JAX reference (the same integer values and scales,
+# dequantized in the programs), per recipe. The StableHLO and IREE programs run the reference's
+# own dequantization, so only float32 summation order differs, as for float32 artifacts; a
+# recipe file gets the tolerance of the grid it is closest to: the loosest below.
+QUANTIZED_TOLERANCES = {
+    "fp16": (1e-5, 5e-5),
+    "int8": (1e-5, 5e-5),
+    "int4": (1e-5, 5e-5),
+    "int4-b128": (1e-5, 5e-5),
+}
+
+
+def artifact_tolerance(precision: str) -> tuple[float, float]:
+    """(atol, rtol of max |logit|) for an artifact of `precision` ("float32" or
+    "quantized RECIPE")."""
+    if precision in ARTIFACT_TOLERANCES:
+        return ARTIFACT_TOLERANCES[precision]
+    recipe = precision.removeprefix("quantized ")
+    return QUANTIZED_TOLERANCES.get(recipe, max(QUANTIZED_TOLERANCES.values()))

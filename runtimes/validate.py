@@ -23,7 +23,7 @@ from model_zoo.tokenizer import chat_prompt
 from runtimes.artifact import Artifact, open_artifact
 from runtimes.base import Runner
 from runtimes.registry import make_runner, runtimes_for
-from runtimes.tolerances import ARTIFACT_TOLERANCES
+from runtimes.tolerances import artifact_tolerance
 
 DEFAULT_DECODE_STEPS = 16
 TOOLS = {"iree": "iree-base-compiler"}
@@ -106,7 +106,7 @@ def compare_text(runner, tokenizer, prompt: str, reference_tokens: list[int],
 def judge(metrics: dict, precision: str) -> bool:
     if "text_identical" in metrics:
         return metrics["text_identical"]
-    atol, rtol = ARTIFACT_TOLERANCES[precision]
+    atol, rtol = artifact_tolerance(precision)
     return (metrics["max_abs_error"] <= atol + rtol * metrics["max_abs_logit"]
             and metrics["top1_agreement"] == metrics["positions"])
 
@@ -149,8 +149,8 @@ def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None
         gc.collect()
     report = {
         "precision": precision,
-        "tolerance": {"atol": ARTIFACT_TOLERANCES[precision][0],
-                      "rtol_of_max_logit": ARTIFACT_TOLERANCES[precision][1]},
+        "tolerance": {"atol": artifact_tolerance(precision)[0],
+                      "rtol_of_max_logit": artifact_tolerance(precision)[1]},
         "decode_steps": decode_steps,
         "reference": "jax",
         "runtimes": results,

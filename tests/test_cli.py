@@ -85,6 +85,10 @@ def test_sampling_is_seeded(capsys):
     (("generate", "tiny-gemma2", "-p", "x", "--quant", "int4-b128"), "block 128 does not divide"),
     (("generate", "tiny-gemma2", "-p", "x", "--quant", "int8", "--mesh", "1x1"), "drop --mesh"),
     (("generate", "tiny-gemma2", "-p", "x", "--quant", "int8-dyn"), "quantizes activations"),
+    (("export", "tiny-gemma2", "--out", "never-written", "--to", "onnx", "--quant", "int8"),
+     "lowered to stablehlo only so far, not onnx"),
+    (("export", "tiny-gemma2", "--out", "never-written", "--quant", "int5"),
+     "unknown recipe 'int5'"),
     (("zoo", "show", "nothing"), "unknown preset"),
 ])
 def test_user_errors_are_one_line(capsys, args, message):

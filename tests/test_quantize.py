@@ -10,13 +10,18 @@ import pytest
 
 import model_zoo as mz
 import quantize
+from exporter import export
 from model_zoo.cache import KVCache
-from model_zoo.checkpoints.native import weight_specs
+from model_zoo.checkpoints.native import read_tensors, weight_specs
 from model_zoo.errors import GemmaforgeError
 from model_zoo.quantized import dequantize_params
 from model_zoo.transformer import apply
 from model_zoo.tree import flatten, get_path, parse_name, path_name, unflatten
 from quantize.spec import QuantSpec, quantize_tensor
+from runtimes.artifact import open_artifact
+from runtimes.jax_runner import JaxRunner
+from runtimes.registry import make_runner
+from runtimes.validate import validate_artifact
 
 # Round-to-nearest puts every weight within half a step of its grid point; float32 arithmetic on
 # the scale adds a few ulps.
@@ -173,3 +178,41 @@ def test_quantized_reference_is_the_float_model_on_the_dequantized_weights(recip
                                atol=FUSED_DEQUANTIZE_RTOL * scale)
     float_logits = run(params)
     assert not np.array_equal(np.asarray(quantized_logits), np.asarray(float_logits))
+
+
+@pytest.mark.parametrize("recipe", ["int8", "int4"])
+def test_stablehlo_export_carries_and_runs_the_quantized_numbers(recipe, tmp_path, tiny_params):
+    config = mz.get_preset("tiny-gemma3")
+    params = tiny_params("tiny-gemma3")
+    model = mz.LoadedModel(config, params, mz.ByteTokenizer(), "test weights", True)
+    out = tmp_path / recipe
+    manifest = export(model, out, formats=("stablehlo",), buckets=(8,), quant=recipe)
+    assert manifest["recipe"] == recipe and manifest["precision"] == f"quantized {recipe}"
+    assert manifest["quantization"]["tensors"]["layers.0.mlp.up_proj"]["bits"] == int(recipe[3])
+
+    # The artifact stores the quantizer's own integers and scales, bit for bit.
+    qparams, quantized = quantize.quantize_params(params, recipe)
+    stored = read_tensors(out / "weights.safetensors")
+    for name, value in quantized.items():
+        if isinstance(value, quantize.QuantizedTensor):
+            np.testing.assert_array_equal(stored[f"{name}.values"], value.values)
+            np.testing.assert_array_equal(stored[f"{name}.scales"], value.scales)
+        else:
+            np.testing.assert_array_equal(stored[name], value)
+    assert (out / "weights.safetensors").stat().st_size < 0.5 * 4 * sum(mz.count_params(config))
+    # The programs take the integer tensors and dequantize them.
+    decode = (out / "stablehlo" / "decode.mlir").read_text()
+    assert "xi8>" in decode and "xf32>" in decode
+
+    # The reference validation holds them to is the quantized model...
+    artifact = open_artifact(out)
+    tokens = [2, 40, 41, 42]
+    reference = make_runner("jax", artifact).prefill(tokens)
+    np.testing.assert_array_equal(reference,
+                                  JaxRunner(config, qparams, max_len=artifact.max_len)
+                                  .prefill(tokens))
+    assert not np.allclose(reference, JaxRunner(config, params, max_len=artifact.max_len)
+                           .prefill(tokens), atol=1e-4)
+    # ...and StableHLO on XLA and on IREE match it.
+    report = validate_artifact(out, ["stablehlo", "iree"], decode_steps=4)
+    assert report["passed"], report

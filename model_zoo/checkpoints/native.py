@@ -82,6 +82,26 @@ def weight_offsets(path: Path, config: ModelConfig) -> dict[str, int]:
     return offsets
 
 
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one of our safetensors files, in its stored dtype, in memory."""
+    from model_zoo.checkpoints.safetensors_reader import read_header
+
+    header, data_start = read_header(path)
+    tensors = {}
+    for name, entry in header.items():
+        if entry["dtype"] not in _DTYPES:
+            raise GemmaforgeError(f"{path}: {name} has dtype {entry['dtype']}, which gemmaforge "
+                                  "does not write")
+        start, end = entry["data_offsets"]
+        dtype = _DTYPES[entry["dtype"]]
+        tensors[name] = np.fromfile(path, dtype, (end - start) // dtype.itemsize,
+                                    offset=data_start + start).reshape(entry["shape"])
+    return tensors
+
+
 def save_params(path: str | Path, params: Params) -> None:
     """Our parameters, float32, under our dotted names."""
     pairs = [(path_name(p), leaf) for p, leaf in flatten(params)]
