@@ -31,7 +31,6 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
 from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer
-from quantize import get_recipe
 
 FORMATS = ("stablehlo", "onnx", "litert")
 QUANTIZED_FORMATS = ("stablehlo",)
@@ -79,7 +78,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     if onnx_profile not in PROFILES:
         raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
-    recipe = get_recipe(quant) if quant is not None else None
+    recipe = quantize.get_recipe(quant) if quant is not None else None
     quantized_formats = [name for name in formats if name not in QUANTIZED_FORMATS]
     if recipe is not None and quantized_formats:
         raise GemmaforgeError(f"--quant is lowered to {', '.join(QUANTIZED_FORMATS)} only so far, "
