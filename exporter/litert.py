@@ -45,7 +45,8 @@ def _converter():
     return ir, passmanager, converter_api_ext, stablehlo
 
 
-def _constants(context, config: ModelConfig, weights_file: Path, offsets: dict[str, int],
+def _constants(context, config: ModelConfig, shapes: dict[str, tuple[int, ...]],
+               weights_file: Path, offsets: dict[str, int],
                fused: bool) -> tuple[dict, dict[str, float]]:
     """One MLIR constant attribute per weight, and the placeholder value of each weight that
     goes in as a splat (its values are written into the flatbuffer after conversion)."""
@@ -55,7 +56,7 @@ def _constants(context, config: ModelConfig, weights_file: Path, offsets: dict[s
     folded = {EMBEDDING} if not fused and config.final_logit_softcap is not None else set()
     attributes, placed = {}, {}
     with context, ir.Location.unknown():
-        for name, (shape, _) in weight_specs(config).items():
+        for name, shape in shapes.items():
             kind = ir.RankedTensorType.get(shape, ir.F32Type.get())
             if placeable(shape) and name not in folded:
                 placed[name] = placeholder(len(placed))
@@ -131,9 +132,10 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     ir, _, converter, _ = _converter()
     started = time.perf_counter()
     offsets = weight_offsets(weights_file, config)
+    shapes = {name: shape for name, (shape, _) in weight_specs(config).items()}
     context = ir.Context()
     converter.prepare_mlir_context(context)
-    attributes, placed = _constants(context, config, weights_file, offsets, fused)
+    attributes, placed = _constants(context, config, shapes, weights_file, offsets, fused)
     entries = [EntryPoint(f"prefill_{t}", t, False) for t in options.buckets]
     entries.append(EntryPoint("decode", 1, True))
     modules = [convert_entry(config, entry, options, context, attributes, fused)
@@ -144,7 +146,6 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
         converter.export_flatbuffer_to_file(merged.operation, os.fspath(path))
     del merged, modules, attributes, context
     converted = time.perf_counter() - started
-    shapes = {name: shape for name, (shape, _) in weight_specs(config).items()}
     written = fill_weights(path, placed, weights_file, offsets, shapes)
     structure = describe(path)
     return {"file": f"{DIRECTORY}/{TFLITE}", "fused": fused,

@@ -59,8 +59,7 @@ def _layout(name: str, source: tuple[int, ...], stored: tuple[int, ...]) -> int:
     for k, shape in _transposes(source).items():
         if tuple(d for d in stored if d != 1) == shape:
             return k
-    kept = {d for d in (math.prod(stored[:j]) for j in range(len(stored) + 1))}
-    if kept <= _leading_products(source):
+    if _leading_products(stored) <= _leading_products(source):
         return 0
     raise GemmaforgeError(f"the converted model stores {name} as {list(stored)}: neither its "
                           f"own layout {list(source)} nor a 2-D transpose of it")
@@ -160,8 +159,11 @@ def fill_weights(path: Path, placed: dict[str, float], weights_file: Path,
     fd = os.open(path, os.O_RDWR)
     try:
         for index, (name, offset, size) in sorted(buffers.items(), key=lambda item: item[1][1]):
+            if size != math.prod(shapes[name]) * 4:
+                raise GemmaforgeError(f"the converted model holds {name} in a buffer of {size} "
+                                      "bytes, not its own size; cannot write its values")
             layouts = {_layout(name, shapes[name], shape) for shape in stored.get(index, ())}
-            if len(layouts) != 1 or size != math.prod(shapes[name]) * 4:
+            if len(layouts) != 1:
                 raise GemmaforgeError(f"the converted model stores {name} in {len(layouts)} "
                                       "layouts in one buffer; cannot write its values")
             (k,) = layouts

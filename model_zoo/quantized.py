@@ -12,11 +12,20 @@ import jax
 import jax.numpy as jnp
 
 from model_zoo.config import ModelConfig
+from model_zoo.errors import GemmaforgeError
 
 # How many of a weight's axes are the matmul's input features: leading axes (> 0) for the
 # projections (x @ W), trailing (< 0) for the table, whose rows are the LM head's outputs.
 IN_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "up_proj": 1,
            "down_proj": 1, "embedding": -1}
+
+
+def in_axes(name: str) -> int:
+    """IN_AXES of the parameter `name` (dotted), by its role (the last part)."""
+    role = name.rsplit(".", 1)[-1]
+    if role not in IN_AXES:
+        raise GemmaforgeError(f"{name} is not a matrix gemmaforge knows how to quantize")
+    return IN_AXES[role]
 
 
 class QArray(NamedTuple):
@@ -41,10 +50,6 @@ def dequantize(q: QArray, shape: tuple[int, ...], in_axes: int) -> jax.Array:
     return matrix.T.reshape(shape)
 
 
-def _name(path) -> str:
-    return ".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
-
-
 def is_quantized(params: Any) -> bool:
     leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray))
     return any(isinstance(leaf, QArray) or getattr(leaf, "dtype", None) == jnp.float16
@@ -54,23 +59,26 @@ def is_quantized(params: Any) -> bool:
 def dequantize_params(config: ModelConfig, params: Any) -> Any:
     """The tree with every QArray and float16 leaf as float32 (in the trace when traced)."""
     from model_zoo.transformer import abstract_params
+    from model_zoo.tree import get_path, path_name
 
     abstract = abstract_params(config)
 
-    def one(path, leaf):
+    def one(key_path, leaf):
         if isinstance(leaf, QArray):
-            target = abstract
-            for key in path:
-                target = target[getattr(key, "key", getattr(key, "idx", key))]
-            name = _name(path)
-            role = name.rsplit(".", 1)[-1]
-            return dequantize(leaf, tuple(target.shape), IN_AXES[role])
+            path = tuple(key.key for key in key_path)  # the tree is nested dicts
+            return dequantize(leaf, tuple(get_path(abstract, path).shape),
+                              in_axes(path_name(path)))
         if getattr(leaf, "dtype", None) == jnp.float16:
             return leaf.astype(jnp.float32)
         return leaf
 
     return jax.tree_util.tree_map_with_path(one, params,
                                             is_leaf=lambda x: isinstance(x, QArray))
+
+
+# Outside a trace: the float32 weights a runner keeps, computed once instead of at every step
+# (bit for bit what the in-graph dequantization of an export computes).
+dequantize_once = jax.jit(dequantize_params, static_argnums=0)
 
 
 PARTS = ("values", "scales", "zeros")

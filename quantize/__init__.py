@@ -12,10 +12,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import QArray
+from model_zoo.quantized import QArray, in_axes
 from model_zoo.transformer import Params
 from model_zoo.tree import flatten, parse_name, path_name, set_path
-from quantize.recipes import RECIPES, Recipe, get_recipe, in_axes, load_recipe_file
+from quantize.recipes import RECIPES, Recipe, get_recipe, load_recipe_file
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",

@@ -25,19 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import IN_AXES
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
 
 Spec = QuantSpec | FloatSpec
 Predicate = Callable[[str, tuple[int, ...]], bool]
 EMBEDDING = "embedder.embedding"
-
-def in_axes(name: str) -> int:
-    role = name.rsplit(".", 1)[-1]
-    if role not in IN_AXES:
-        raise GemmaforgeError(f"{name} is not a matrix gemmaforge knows how to quantize")
-    return IN_AXES[role]
-
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:

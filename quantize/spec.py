@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from model_zoo.errors import GemmaforgeError
+from model_zoo.quantized import QArray, dequantize
 
 BITS = (4, 8)
 BLOCKS = (32, 64, 128)
@@ -88,13 +89,9 @@ class QuantizedTensor:
     in_axes: int  # the weight's leading (in_axes > 0) or trailing (< 0) axes form `in`
 
     def dequantize(self) -> np.ndarray:
-        """float32 in the weight's own shape, computed as every format computes it."""
-        rows = self.values.shape[0] // self.scales.shape[0]
-        q = self.values.astype(np.float32)
-        if self.zeros is not None:
-            q = q - np.repeat(self.zeros.astype(np.float32), rows, axis=0)
-        matrix = q * np.repeat(self.scales, rows, axis=0)
-        return from_matrix(matrix, self.shape, self.in_axes)
+        """float32 in the weight's own shape: the model's own dequantization."""
+        q = QArray(self.values, self.scales, self.zeros)
+        return np.asarray(dequantize(q, self.shape, self.in_axes))
 
 
 def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:
@@ -103,12 +100,6 @@ def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:
         return weight.reshape(math.prod(weight.shape[:in_axes]), -1)
     split = weight.ndim + in_axes
     return weight.reshape(math.prod(weight.shape[:split]), -1).T
-
-
-def from_matrix(matrix: np.ndarray, shape: tuple[int, ...], in_axes: int) -> np.ndarray:
-    if in_axes > 0:
-        return np.ascontiguousarray(matrix.reshape(shape))
-    return np.ascontiguousarray(matrix.T.reshape(shape))
 
 
 def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from model_zoo import inference
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
-from model_zoo.quantized import dequantize_params, is_quantized
+from model_zoo.quantized import dequantize_once, is_quantized
 from model_zoo.sharding import replicated_like
 from model_zoo.transformer import Params
 
@@ -23,10 +22,7 @@ class JaxRunner:
     def __init__(self, config: ModelConfig, params: Params, *, max_len: int,
                  fused: bool = True):
         self.config = config
-        # Quantized parameters are dequantized once, not at every step: the same float32
-        # weights, bit for bit, that the in-graph dequantization of an export computes.
-        self.params = (jax.jit(dequantize_params, static_argnums=0)(config, params)
-                       if is_quantized(params) else params)
+        self.params = dequantize_once(config, params) if is_quantized(params) else params
         self.max_len = max_len
         self.fused = fused
         self._cache: KVCache | None = None

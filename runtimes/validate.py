@@ -149,8 +149,8 @@ def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None
         gc.collect()
     report = {
         "precision": precision,
-        "tolerance": {"atol": artifact_tolerance(precision)[0],
-                      "rtol_of_max_logit": artifact_tolerance(precision)[1]},
+        "tolerance": dict(zip(("atol", "rtol_of_max_logit"), artifact_tolerance(precision),
+                              strict=True)),
         "decode_steps": decode_steps,
         "reference": "jax",
         "runtimes": results,

@@ -167,7 +167,7 @@ def test_quantized_reference_is_the_float_model_on_the_dequantized_weights(recip
     positions = jnp.arange(6, dtype=jnp.int32)[None]
     run = jax.jit(lambda p: apply(config, p, tokens, positions,
                                   KVCache.create(config, 1, 16))[0])
-    # In-graph dequantization gives the very weights numpy's does...
+    # In-graph (jitted) dequantization gives the very weights the eager one does...
     in_graph = jax.jit(lambda p: dequantize_params(config, p))(qparams)
     for path, leaf in flatten(dequantized):
         np.testing.assert_array_equal(np.asarray(get_path(in_graph, path)), leaf)
