@@ -100,8 +100,13 @@ def write_tokenizer_files(directory: Path, model_proto: bytes, *, max_len: int) 
 
 
 def genai_config(config: ModelConfig, *, filename: str, max_len: int, profile: str,
-                 bos_id: int, stop_ids: list[int], pad_id: int) -> dict:
-    """onnxruntime-genai's genai_config.json for our decoder graph (exporter.onnx_export)."""
+                 bos_id: int, stop_ids: list[int], pad_id: int,
+                 session_config: dict[str, str] | None = None) -> dict:
+    """onnxruntime-genai's genai_config.json for our decoder graph (exporter.onnx_export);
+    `session_config`: onnxruntime session config entries the graph needs (genai passes a
+    session option it does not know, with a string value, on as a config entry)."""
+    session_options = {"log_id": "onnxruntime-genai", "provider_options": [],
+                       **(session_config or {})}
     return {
         "model": {
             "type": GENAI_MODEL_TYPES[config.family],
@@ -111,7 +116,7 @@ def genai_config(config: ModelConfig, *, filename: str, max_len: int, profile: s
             "context_length": max_len,
             "vocab_size": config.vocab_size,
             "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": session_options,
                 "filename": filename,
                 "head_size": config.head_dim,
                 "hidden_size": config.embed_dim,

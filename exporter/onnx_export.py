@@ -4,7 +4,9 @@ core's trace by our own jaxpr -> ONNX writer.
     onnx/
       model.onnx             the decoder, opset 23 (+ com.microsoft for the ort profile)
       model.onnx.data        the float32 weights when large: the artifact's weights.safetensors
-                             itself (a hard link where the filesystem allows), read at offsets
+                             itself (a hard link where the filesystem allows), read at offsets;
+                             for a quantized artifact, its integer values and scales in the
+                             layout the profile's ops read (exporter.onnx_quant)
       genai_config.json      onnxruntime-genai's description of the model
       tokenizer.json, tokenizer_config.json, special_tokens_map.json
 
@@ -37,6 +39,7 @@ from exporter.genai import genai_config, write_tokenizer_files
 from exporter.onnx_fused import PROFILES, fuse_skip_norms
 from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, tensor_proto
 from exporter.onnx_lower import lower_jaxpr, prune, rename
+from exporter.onnx_quant import ACCURACY_LEVEL, SESSION_CONFIG, QuantizedWeight, write_weights
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, weight_specs
 from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
@@ -106,8 +109,8 @@ def _preamble(config: ModelConfig, profile: str,
     return ops, ctx, tokens, input_pos
 
 
-def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str, Const],
-                  profile: str) -> OnnxGraph:
+def lower_decoder(config: ModelConfig, options: TraceOptions,
+                  weights: dict[str, Const | QuantizedWeight], profile: str) -> OnnxGraph:
     """The decoder graph of `profile` from the trace's step entry point."""
     if profile not in PROFILES:
         raise GemmaforgeError(f"unknown ONNX profile {profile!r}; profiles: "
@@ -122,7 +125,7 @@ def lower_decoder(config: ModelConfig, options: TraceOptions, weights: dict[str,
     cache_inputs = {name: _cache_input_name(name) for name in specs[3]}
     args = jax.tree_util.tree_leaves(
         (weights, tokens, input_pos, cache_inputs),
-        is_leaf=lambda x: isinstance(x, (str, Const)))
+        is_leaf=lambda x: isinstance(x, (str, Const, QuantizedWeight)))
     lowered = lower_jaxpr(closed, args, ctx)
     logits, caches = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shapes),
                                                   lowered.outputs)
@@ -186,21 +189,28 @@ def _signature(config: ModelConfig, options: TraceOptions,
 
 
 def save_decoder(graph: OnnxGraph, directory: Path, weights_file: Path, *,
-                 external_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
+                 external_bytes: int = EXTERNAL_DATA_BYTES, data_written: bool = False) -> dict:
     """Writes model.onnx (and model.onnx.data when the weights are large) into `directory`.
 
     Large weights are not written again: model.onnx.data is `weights_file` (a hard link, or a
-    copy where links are refused) and the initializers point at their offsets in it."""
-    stored = sum(c.nbytes for c in graph.constants if c.source is not None)
-    external = stored > external_bytes
-    if external:
-        try:
-            os.link(weights_file, directory / DATA)
-        except OSError:
-            shutil.copyfile(weights_file, directory / DATA)
+    copy where links are refused) and the initializers point at their offsets in it. With
+    `data_written`, model.onnx.data already holds the weights (a quantized artifact's layout)
+    and the initializers point into it."""
+    data_file = directory / DATA
+    if data_written:
+        source_file, external = data_file, True
+    else:
+        source_file = weights_file
+        stored = sum(c.nbytes for c in graph.constants if c.source is not None)
+        external = stored > external_bytes
+        if external:
+            try:
+                os.link(weights_file, data_file)
+            except OSError:
+                shutil.copyfile(weights_file, data_file)
     initializers = []
     for const in graph.constants:
-        pointed = external and const.source is not None and const.source[0] == str(weights_file)
+        pointed = external and const.source is not None and const.source[0] == str(source_file)
         initializers.append(tensor_proto(const, (DATA, const.source[1]) if pointed else None))
     model = helper.make_model(
         helper.make_graph(graph.nodes, "gemmaforge_decoder", graph.inputs, graph.outputs,
@@ -229,17 +239,32 @@ def op_counts(nodes: list[onnx.NodeProto]) -> dict[str, int]:
 
 def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profile: str,
                weights_file: Path, tokenizer_file: Path, tokenizer: dict,
+               quantization: dict | None = None,
                external_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
     """Writes `root/onnx/` (the decoder, genai_config.json, tokenizer files) and returns the
-    manifest section. The weights come from `weights_file` (our safetensors), one at a time."""
+    manifest section. The weights come from `weights_file` (our safetensors), one at a time;
+    `quantization` is the manifest's section of a quantized artifact (the weights file then
+    holds integer values and scales)."""
     directory = root / DIRECTORY
     directory.mkdir()
-    graph = lower_decoder(config, options, weight_constants(weights_file, config), profile)
-    section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes)
+    if quantization is None:
+        weights = weight_constants(weights_file, config)
+    else:
+        weights = write_weights(weights_file, directory / DATA, config,
+                                quantization["tensors"], profile)
+    graph = lower_decoder(config, options, weights, profile)
+    section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes,
+                           data_written=quantization is not None)
+    session_config = SESSION_CONFIG if quantization is not None else {}
+    if quantization is not None:
+        section["quantization"] = {
+            "accuracy_level": ACCURACY_LEVEL, "session_config": session_config,
+            "tensors": {name: weight.describe() for name, weight in weights.items()
+                        if isinstance(weight, QuantizedWeight)}}
     (directory / GENAI_CONFIG).write_text(json.dumps(genai_config(
         config, filename=MODEL, max_len=options.max_len, profile=profile,
-        bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=config.pad_id),
-        indent=2) + "\n")
+        bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=config.pad_id,
+        session_config=session_config), indent=2) + "\n")
     files = write_tokenizer_files(directory, tokenizer_file.read_bytes(),
                                   max_len=options.max_len)
     section.update(profile=profile, directory=DIRECTORY, genai_config=GENAI_CONFIG,

@@ -36,6 +36,8 @@ class Const:
       load: returns the value; called when the model is saved (weights) or when a fold needs it.
       source: for weights, (file, byte offset) of the unchanged bytes, so the saved model can
         point at them instead of writing them again.
+      packed: the ONNX element type of 4-bit values (INT4 / UINT4) stored two to a byte in
+        the file `source` names; `dtype` is then the int8 / uint8 of one unpacked value.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Const:
     dtype: np.dtype
     load: Callable[[], np.ndarray]
     source: tuple[str, int] | None = None
+    packed: int | None = None
 
     @staticmethod
     def of(name: str, value: Any) -> Const:
@@ -51,7 +54,10 @@ class Const:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        count = int(np.prod(self.shape, dtype=np.int64))
+        if self.packed is not None:
+            return (count + 1) // 2
+        return count * np.dtype(self.dtype).itemsize
 
     def reshaped(self, shape: Sequence[int]) -> Const:
         """The same bytes under another shape: a stored weight stays shared with its file.
@@ -62,7 +68,7 @@ class Const:
             return self
         load = self.load
         return Const(f"{self.name}.{'x'.join(map(str, shape))}", shape, self.dtype,
-                     lambda: np.reshape(load(), shape), self.source)
+                     lambda: np.reshape(load(), shape), self.source, self.packed)
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,6 +97,8 @@ class Pending:
         return self.origin or self
 
 
+# (and exporter.onnx_quant.QuantizedWeight: a stored quantized weight, read by matmuls and
+# lookups only)
 Value = str | Const | Pending
 
 
@@ -146,7 +154,11 @@ class Ops:
         if isinstance(value, Const):
             self.constants.append(value)
             return value.name
-        raise TypeError(f"a fused region's result is used outside its fused op: {value.kind}")
+        if isinstance(value, Pending):
+            raise TypeError(f"a fused region's result is used outside its fused op: "
+                            f"{value.kind}")
+        raise TypeError(f"a quantized weight ({value.name}) is read by an op other than a "
+                        "matmul or an embedding lookup")
 
     def const(self, value: Any, dtype: Any = None) -> str:
         array = np.asarray(value, dtype=dtype)
@@ -174,8 +186,10 @@ def onnx_dtype(dtype: Any) -> int:
 def tensor_proto(const: Const, external: tuple[str, int] | None = None) -> TensorProto:
     """The initializer of `const`: inline, or pointing at (file, offset) of its raw bytes."""
     if external is None:
+        if const.packed is not None:
+            raise TypeError(f"{const.name}: 4-bit values are stored in the external data file")
         return numpy_helper.from_array(np.ascontiguousarray(const.load()), const.name)
-    proto = TensorProto(name=const.name, data_type=onnx_dtype(const.dtype),
+    proto = TensorProto(name=const.name, data_type=const.packed or onnx_dtype(const.dtype),
                         dims=list(const.shape), data_location=TensorProto.EXTERNAL)
     location, offset = external
     for key, value in (("location", location), ("offset", str(offset)),

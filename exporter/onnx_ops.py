@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from exporter.onnx_graph import Const, Context, Ops, onnx_dtype
+from exporter import onnx_quant
+from exporter.onnx_graph import Const, Context, Ops, Value, onnx_dtype
+from exporter.onnx_quant import QuantizedWeight
 
 
 class SymInt:
@@ -199,7 +201,12 @@ def _gather(ops, ctx, eqn, inputs):
     # indices [..., 1] -> [...]
     index_rank = len(eqn.invars[1].aval.shape)
     ids = ops.op("Squeeze", [indices, ops.ints([index_rank - 1])])
-    return [ops.op("Gather", [operand, ids], axis=0)]
+    if isinstance(operand, QuantizedWeight):
+        return [onnx_quant.lookup(ops, operand, ids)]
+    rows = ops.op("Gather", [operand, ids], axis=0)
+    if isinstance(operand, Const) and operand.dtype == np.float16:
+        rows = ops.op("Cast", [rows], to=onnx_dtype(np.float32))
+    return [rows]
 
 
 def _starts(ops: Ops, ctx: Context, starts, shape, sizes) -> str:
@@ -221,7 +228,8 @@ def _dynamic_slice(ops, ctx, eqn, inputs):
 def _dot_general(ops, ctx, eqn, inputs):
     """A contraction of trailing activation axes with a stored matrix becomes MatMul (its
     contracted axes leading) or Gemm with transB (trailing: a [N, K] table such as the tied
-    embedding is read without a transposed copy); anything else becomes Einsum."""
+    embedding is read without a transposed copy), a quantized one MatMulNBits or
+    DequantizeLinear + MatMul; anything else becomes Einsum."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
     lhs_shape, rhs_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
     lhs, rhs = inputs
@@ -231,11 +239,16 @@ def _dot_general(ops, ctx, eqn, inputs):
     rank, count = len(lhs_shape), len(lhs_contract)
     keep = rank - count
     form = None
-    if isinstance(rhs, Const) and not lhs_batch and lhs_contract == tuple(range(keep, rank)):
+    if (isinstance(rhs, (Const, QuantizedWeight)) and not lhs_batch
+            and lhs_contract == tuple(range(keep, rank))):
         if rhs_contract == tuple(range(count)):
             form = "MatMul"
         elif rhs_contract == tuple(range(len(rhs_shape) - count, len(rhs_shape))):
             form = "Gemm"
+    if isinstance(rhs, QuantizedWeight) and (form is None or rhs.in_axes != (
+            count if form == "MatMul" else -count)):
+        raise NotImplementedError(f"a contraction of {rhs.name} other than over its input "
+                                  "features")
     if form is None:
         return [ops.op("Einsum", [lhs, rhs], equation=_einsum_equation(
             rank, len(rhs_shape), lhs_contract, rhs_contract, tuple(lhs_batch),
@@ -246,17 +259,26 @@ def _dot_general(ops, ctx, eqn, inputs):
     if count > 1:
         # [..., K1, K2] -> [..., K]
         lhs = ops.op("Reshape", [lhs, ops.ints([0] * keep + [k])])
-    if form == "MatMul":
-        out = ops.op("MatMul", [lhs, rhs.reshaped((k, n))])
+    if isinstance(rhs, QuantizedWeight):
+        out = onnx_quant.matmul(ops, lhs, rhs)
+    elif form == "MatMul":
+        out = ops.op("MatMul", [lhs, _float32(ops, rhs.reshaped((k, n)))])
     else:
         # [..., K] -> [M, K]; Gemm with the [N, K] table; [M, N] -> [..., N]
         flat = ops.op("Reshape", [lhs, ops.ints([-1, k])])
-        product = ops.op("Gemm", [flat, rhs.reshaped((n, k))], transB=1)
+        product = ops.op("Gemm", [flat, _float32(ops, rhs.reshaped((n, k)))], transB=1)
         out = ops.op("Reshape", [product, shape_of(ops, ctx, (*lhs_shape[:keep], n))])
     if len(free) > 1:
         # [..., N] -> [..., N1, N2]
         out = ops.op("Reshape", [out, ops.ints([0] * keep + free)])
     return [out]
+
+
+def _float32(ops: Ops, weight: Const) -> Value:
+    """A weight stored in float16 (the fp16 recipe), cast to float32 where it is read."""
+    if weight.dtype == np.float16:
+        return ops.op("Cast", [weight], to=onnx_dtype(np.float32))
+    return weight
 
 
 def _einsum_equation(lhs_rank: int, rhs_rank: int, lhs_contract, rhs_contract, lhs_batch,

@@ -33,7 +33,7 @@ from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer
 
 FORMATS = ("stablehlo", "onnx", "litert")
-QUANTIZED_FORMATS = ("stablehlo",)
+QUANTIZED_FORMATS = ("stablehlo", "onnx")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -79,6 +79,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
     recipe = quantize.get_recipe(quant) if quant is not None else None
+    if recipe is not None:
+        quantize.check_weight_only(recipe)
     quantized_formats = [name for name in formats if name not in QUANTIZED_FORMATS]
     if recipe is not None and quantized_formats:
         raise GemmaforgeError(f"--quant is lowered to {', '.join(QUANTIZED_FORMATS)} only so far, "
@@ -122,7 +124,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if "onnx" in formats:
             manifest["formats"]["onnx"] = write_onnx(
                 model.config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,
-                tokenizer_file=root / TOKENIZER, tokenizer=manifest["tokenizer"])
+                tokenizer_file=root / TOKENIZER, tokenizer=manifest["tokenizer"],
+                quantization=manifest.get("quantization"))
         if "litert" in formats:
             directory = root / LITERT_DIRECTORY
             directory.mkdir()

@@ -19,8 +19,8 @@ from quantize.recipes import RECIPES, Recipe, get_recipe, load_recipe_file
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",
-           "dequantize", "get_recipe", "load_recipe_file", "quantize_params", "specs_of",
-           "to_params"]
+           "check_weight_only", "dequantize", "get_recipe", "load_recipe_file",
+           "quantize_params", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
 
@@ -65,13 +65,19 @@ def to_params(quantized: dict[str, Quantized]) -> Params:
     return tree
 
 
-def quantize_params(params: Params, recipe: Recipe | str) -> tuple[Params, dict[str, Quantized]]:
-    """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`."""
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+def check_weight_only(recipe: Recipe) -> None:
+    """A clear error for a recipe with quantized activations: neither the JAX reference nor
+    the exports run them yet, and running its weights alone would not be that recipe."""
     specs = [spec for _, spec in recipe.rules] + [recipe.default]
     if any(getattr(spec, "activations", None) for spec in specs):
         raise GemmaforgeError(f"recipe {recipe.name} quantizes activations, which the JAX "
                               "reference does not run yet; use a weight-only recipe (int8, int4)")
+
+
+def quantize_params(params: Params, recipe: Recipe | str) -> tuple[Params, dict[str, Quantized]]:
+    """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    check_weight_only(recipe)
     quantized = apply(((path_name(path), np.asarray(leaf)) for path, leaf in flatten(params)),
                       recipe)
     return to_params(quantized), quantized

@@ -37,6 +37,8 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        for key, value in section.get("quantization", {}).get("session_config", {}).items():
+            options.add_session_config_entry(key, value)
         self.max_len = artifact.max_len
         self._ort = ort
         self._config = artifact.config

@@ -216,3 +216,136 @@ def test_stablehlo_export_carries_and_runs_the_quantized_numbers(recipe, tmp_pat
     # ...and StableHLO on XLA and on IREE match it.
     report = validate_artifact(out, ["stablehlo", "iree"], decode_steps=4)
     assert report["passed"], report
+
+
+def _onnx_initializers(out):
+    """name -> (TensorProto, raw bytes) of the exported decoder's initializers."""
+    import onnx
+
+    model = onnx.load(out / "onnx" / "model.onnx", load_external_data=False)
+    tensors = {}
+    for proto in model.graph.initializer:
+        if proto.data_location == onnx.TensorProto.EXTERNAL:
+            where = {entry.key: entry.value for entry in proto.external_data}
+            with open(out / "onnx" / where["location"], "rb") as file:
+                file.seek(int(where["offset"]))
+                raw = file.read(int(where["length"]))
+        else:
+            raw = proto.raw_data
+        tensors[proto.name] = (proto, raw)
+    return tensors, model
+
+
+def _nibbles(raw: bytes, count: int) -> np.ndarray:
+    """Unsigned 4-bit values, the low nibble of each byte first (ONNX's packing)."""
+    data = np.frombuffer(raw, np.uint8)
+    return np.stack([data & 0x0F, data >> 4], axis=-1).reshape(-1)[:count]
+
+
+def _stored_weight(tensors, name: str, bits: int, k: int, n: int):
+    """(values as signed ints [K, N], scales [groups, N]) of a quantized weight read back from
+    either profile's layout, undoing only the format's own packing and zero-point offset."""
+    import onnx
+
+    if f"{name}.nbits" in tensors:  # MatMulNBits: unsigned [N, K/block, blob], zero point 2^(b-1)
+        proto, raw = tensors[f"{name}.nbits"]
+        unsigned = (_nibbles(raw, n * k) if bits == 4 else np.frombuffer(raw, np.uint8))
+        values = (unsigned.astype(np.int16).reshape(n, k) - 2 ** (bits - 1)).T
+        # MatMulNBits reads the scales flattened (an initializer named for its shape),
+        # GatherBlockQuantized as [N, K / block]: the same bytes.
+        _, raw_scales = next(tensor for key, tensor in tensors.items()
+                             if key.startswith(f"{name}.nbits_scales"))
+        scales = np.frombuffer(raw_scales, np.float32).reshape(n, -1).T
+        return values, scales
+    proto, raw = tensors[f"{name}.values"]  # DequantizeLinear: [K, N] INT4 / INT8
+    if proto.data_type == onnx.TensorProto.INT4:
+        unsigned = _nibbles(raw, k * n).astype(np.int16)
+        values = np.where(unsigned > 7, unsigned - 16, unsigned).reshape(k, n)
+    else:
+        values = np.frombuffer(raw, np.int8).reshape(k, n)
+    _, raw_scales = tensors[f"{name}.scales"]
+    return values, np.frombuffer(raw_scales, np.float32).reshape(-1, n)
+
+
+@pytest.mark.parametrize("profile", ["ort", "standard"])
+@pytest.mark.parametrize("recipe", ["int8", "int4"])
+def test_onnx_export_stores_the_quantizers_numbers_and_runs_them(recipe, profile, tmp_path,
+                                                                 tiny_params):
+    config = mz.get_preset("tiny-gemma3")
+    params = tiny_params("tiny-gemma3")
+    model = mz.LoadedModel(config, params, mz.ByteTokenizer(), "test weights", True)
+    out = tmp_path / recipe
+    manifest = export(model, out, formats=("onnx",), buckets=(8,), quant=recipe,
+                      onnx_profile=profile)
+    section = manifest["formats"]["onnx"]
+    assert section["quantization"]["accuracy_level"] == 0
+
+    # Read back: the same integers and scales as the quantizer's (a per-channel scale repeated
+    # over the blocks MatMulNBits reads), nothing re-rounded; no float32 copy of any matrix.
+    _, quantized = quantize.quantize_params(params, recipe)
+    tensors, onnx_model = _onnx_initializers(out)
+    for name, value in quantized.items():
+        if not isinstance(value, quantize.QuantizedTensor):
+            continue
+        k, n = value.values.shape
+        values, scales = _stored_weight(tensors, name, value.spec.bits, k, n)
+        np.testing.assert_array_equal(values, value.values)
+        repeat = scales.shape[0] // value.scales.shape[0]
+        np.testing.assert_array_equal(scales, np.repeat(value.scales, repeat, axis=0))
+    big_floats = [p.name for p, _ in tensors.values()
+                  if p.data_type == 1 and np.prod(p.dims) >= config.embed_dim ** 2]
+    assert not big_floats, big_floats
+
+    ops = {node.op_type for node in onnx_model.graph.node}
+    if profile == "ort":
+        assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "MatMul" not in ops
+    else:
+        assert "DequantizeLinear" in ops and not any(
+            node.domain == "com.microsoft" for node in onnx_model.graph.node)
+
+    # Parity with the quantized JAX reference on both ONNX runtimes.
+    report = validate_artifact(out, ["onnxruntime", "ort-genai"], decode_steps=4)
+    assert report["passed"], report
+
+
+ASYMMETRIC = """
+name = "mixed"
+default = {bits = 4, block = 32, symmetric = false}
+[[rules]]
+match = "embedder.embedding"
+spec = {bits = 8, symmetric = false}
+[[rules]]
+match = "down_proj"
+spec = {bits = 8, block = 64}
+[[rules]]
+match = "up_proj"
+spec = "fp16"
+[[rules]]
+match = "layers.0.attn.q_proj"
+spec = {bits = 4}
+"""
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma1", "tiny-gemma2"])
+@pytest.mark.parametrize("profile", ["ort", "standard"])
+def test_onnx_runs_asymmetric_per_channel_and_half_weights(preset, profile, tmp_path,
+                                                           tiny_params):
+    """Zero points, per-channel 4-bit, float16 storage and an asymmetric table lookup, in
+    both profiles (the standard one needs its session config against onnxruntime's
+    DequantizeLinear + MatMul fusion at accuracy level 4)."""
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text(ASYMMETRIC)
+    model = mz.LoadedModel(mz.get_preset(preset), tiny_params(preset), mz.ByteTokenizer(),
+                           "test weights", True)
+    export(model, tmp_path / "out", formats=("onnx",), buckets=(8,), quant=str(recipe),
+           onnx_profile=profile)
+    report = validate_artifact(tmp_path / "out", ["onnxruntime", "ort-genai"], decode_steps=4)
+    assert report["passed"], report
+
+
+def test_recipes_with_quantized_activations_are_refused_before_writing(tmp_path, tiny_params):
+    model = mz.LoadedModel(mz.get_preset("tiny-gemma3"), tiny_params("tiny-gemma3"),
+                           mz.ByteTokenizer(), "test weights", True)
+    with pytest.raises(GemmaforgeError, match="quantizes activations"):
+        export(model, tmp_path / "out", formats=("onnx",), quant="int8-dyn")
+    assert not (tmp_path / "out").exists()

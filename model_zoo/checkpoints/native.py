@@ -85,8 +85,9 @@ def weight_offsets(path: Path, config: ModelConfig) -> dict[str, int]:
 _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
-def read_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of one of our safetensors files, in its stored dtype, in memory."""
+def read_tensors(path: Path, *, mapped: bool = False) -> dict[str, np.ndarray]:
+    """Every tensor of one of our safetensors files, in its stored dtype: in memory, or
+    memory-mapped (read when touched) with `mapped`."""
     from model_zoo.checkpoints.safetensors_reader import read_header
 
     header, data_start = read_header(path)
@@ -97,8 +98,13 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
                                   "does not write")
         start, end = entry["data_offsets"]
         dtype = _DTYPES[entry["dtype"]]
-        tensors[name] = np.fromfile(path, dtype, (end - start) // dtype.itemsize,
-                                    offset=data_start + start).reshape(entry["shape"])
+        count = (end - start) // dtype.itemsize
+        if mapped:
+            tensors[name] = np.memmap(path, dtype, "r", data_start + start,
+                                      tuple(entry["shape"]))
+        else:
+            tensors[name] = np.fromfile(path, dtype, count,
+                                        offset=data_start + start).reshape(entry["shape"])
     return tensors
 
 

@@ -1,0 +1,262 @@
+"""Quantized weights in the ONNX decoder, from the artifact's one set of integer values and
+scales (weights.safetensors), in the layout each profile's ops read:
+
+  ort       MatMulNBits (4- or 8-bit, com.microsoft) for every quantized matmul, the LM head
+            included, and GatherBlockQuantized for the embedding lookup. Both read one
+            initializer: unsigned values [N, K / block, block * bits / 8] (two 4-bit values a
+            byte, low nibble first), scales [N, K / block], zero points 2^(bits-1) implied for
+            symmetric grids. The tied table is stored once and serves both.
+  standard  DequantizeLinear (opset 21+: INT4 / INT8 values, `block_size`) + MatMul, values
+            [K, N] as the reference holds them; the lookup gathers int8 rows and their scales
+            and multiplies (a 4-bit table is dequantized whole, then gathered).
+
+A per-channel weight goes into MatMulNBits with its one scale repeated over blocks of a power
+of two that divides K: the same numbers. Every layout holds the reference's values exactly:
+(q - zero) * scale in float32, nothing re-rounded.
+
+MatMulNBits runs at accuracy level 0 (ACCURACY_LEVEL): float32 activations times the
+dequantized weights, the quantized reference's own arithmetic. Level 4 (int8 activations) is
+faster on some CPUs but drifts ~1e-2 from the reference, so validating it would test
+onnxruntime's activation rounding, not our export. The same holds for the standard profile,
+whose DequantizeLinear + MatMul onnxruntime fuses into MatMulNBits: SESSION_CONFIG, recorded
+in the manifest and in genai_config.json, keeps that fusion at level 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
+
+from exporter.onnx_graph import MS_DOMAIN, Const, Ops, Value
+from model_zoo.checkpoints.native import read_tensors
+from model_zoo.config import ModelConfig
+from model_zoo.errors import GemmaforgeError
+from model_zoo.quantized import in_axes
+
+ACCURACY_LEVEL = 0
+# onnxruntime fuses DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 unless told
+# otherwise: the standard profile's sessions need this entry to run the reference's arithmetic.
+SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": str(ACCURACY_LEVEL)}
+NBITS_BLOCKS = (128, 64, 32, 16)  # what MatMulNBits / GatherBlockQuantized take
+ALIGN = 4096  # external tensors start on a page, so onnxruntime can map them
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A weight stored quantized, as one profile's ops read it.
+
+    Attributes:
+      name: the weight's dotted name.
+      in_axes: how many of its leading (> 0) or trailing (< 0) axes are the K inputs.
+      k, n: its input features (contracted) and outputs, as a matrix [K, N].
+      bits: 4 or 8.
+      block: inputs per scale in the stored layout (K itself for a per-channel "dq" weight).
+      layout: "nbits" (MatMulNBits / GatherBlockQuantized) or "dq" (DequantizeLinear).
+      values, scales, zeros: the stored tensors (zeros None for symmetric grids).
+    """
+
+    name: str
+    in_axes: int
+    k: int
+    n: int
+    bits: int
+    block: int
+    layout: str
+    values: Const
+    scales: Const
+    zeros: Const | None
+
+    def describe(self) -> str:
+        """What the manifest records: the op, the bits and the inputs one stored scale covers
+        (a per-channel scale may be repeated over several MatMulNBits blocks)."""
+        op = "MatMulNBits" if self.layout == "nbits" else "DequantizeLinear"
+        grid = "per channel" if self.block == self.k else f"{self.block} inputs a scale"
+        return f"{op} {self.bits}-bit, {grid}{'' if self.zeros is None else ', zero points'}"
+
+
+class DataWriter:
+    """model.onnx.data written tensor by tensor; each becomes a Const pointing at its bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+
+    def add(self, name: str, data: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
+            packed: int | None = None) -> Const:
+        offset = -self._file.tell() % ALIGN + self._file.tell()
+        self._file.seek(offset)
+        self._file.write(np.ascontiguousarray(data).tobytes())
+        path, shape, dtype = self.path, tuple(int(d) for d in shape), np.dtype(dtype)
+        count = data.size
+
+        def load() -> np.ndarray:
+            array = np.memmap(path, data.dtype, "r", offset, (count,))
+            return array if packed is not None else array.reshape(shape)
+
+        return Const(name, shape, dtype, load, (str(path), offset), packed)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _pack4(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values (0..15 as stored, any integer dtype) a byte along the last axis, the
+    first in the low nibble: [..., M] -> uint8 [..., ceil(M / 2)]."""
+    unsigned = values.astype(np.uint8) & 0x0F
+    if unsigned.shape[-1] % 2:
+        unsigned = np.concatenate([unsigned, np.zeros_like(unsigned[..., :1])], axis=-1)
+    return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
+
+
+def _nbits_block(k: int, block: int | None) -> int | None:
+    if block is not None:
+        return block
+    return next((b for b in NBITS_BLOCKS if k % b == 0), None)
+
+
+def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
+              block: int) -> QuantizedWeight:
+    """[N, K / block, block * bits / 8] unsigned values, [N, K / block] scales (and zeros)."""
+    k, n = values.shape
+    groups = k // block
+    shift = 2 ** (bits - 1) if zeros is None else 0
+    unsigned = (np.asarray(values).T.astype(np.int16) + shift).astype(np.uint8)  # [N, K]
+    repeat = groups // scales.shape[0]  # > 1 for a per-channel scale spread over blocks
+    scales_t = np.repeat(np.asarray(scales).T, repeat, axis=1)  # [N, K / block]
+    blob = block * bits // 8
+    data = _pack4(unsigned) if bits == 4 else unsigned
+    stored_values = writer.add(f"{name}.nbits", data, (n, groups, blob), np.uint8)
+    stored_scales = writer.add(f"{name}.nbits_scales", scales_t.astype(np.float32),
+                               (n, groups), np.float32)
+    stored_zeros = None
+    if zeros is not None:
+        zeros_t = np.repeat(np.asarray(zeros).T, repeat, axis=1).astype(np.uint8)
+        zeros_data = _pack4(zeros_t) if bits == 4 else zeros_t
+        stored_zeros = writer.add(f"{name}.nbits_zeros", zeros_data, zeros_data.shape,
+                                  np.uint8)
+    return QuantizedWeight(name, in_axes(name), k, n, bits, block, "nbits", stored_values,
+                           stored_scales, stored_zeros)
+
+
+def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
+           block: int | None) -> QuantizedWeight:
+    """Values [K, N] (INT4 / UINT4 packed, or int8 / uint8), scales [K / block, N] or [N]."""
+    k, n = values.shape
+    symmetric = zeros is None
+    dtype = np.dtype(np.int8 if symmetric else np.uint8)
+    packed = None
+    if bits == 4:
+        packed = TensorProto.INT4 if symmetric else TensorProto.UINT4
+    scale_shape = (k // block, n) if block else (n,)
+
+    def stored(suffix: str, array, shape) -> Const:
+        array = np.asarray(array).astype(dtype)
+        data = _pack4(array.reshape(-1)) if packed else array
+        return writer.add(f"{name}.{suffix}", data, shape, dtype, packed)
+
+    stored_values = stored("values", values, (k, n))
+    stored_scales = writer.add(f"{name}.scales", np.asarray(scales, np.float32), scale_shape,
+                               np.float32)
+    stored_zeros = None if symmetric else stored("zeros", zeros, scale_shape)
+    return QuantizedWeight(name, in_axes(name), k, n, bits, block or k, "dq", stored_values,
+                           stored_scales, stored_zeros)
+
+
+def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
+                  tensors: dict[str, dict], profile: str) -> dict[str, Const | QuantizedWeight]:
+    """Writes every weight of `weights_file` (the quantized artifact's tensors) into
+    `data_file` in the layout `profile` reads, and returns each weight's stored value.
+    `tensors` is the manifest's per-tensor specs."""
+    from exporter.trace import weight_specs
+
+    stored = read_tensors(weights_file, mapped=True)
+    writer = DataWriter(data_file)
+    weights: dict[str, Const | QuantizedWeight] = {}
+    try:
+        for name, spec in weight_specs(config).items():
+            described = tensors.get(name, {})
+            if "bits" not in described:
+                if name not in stored:
+                    raise GemmaforgeError(f"{weights_file} has no tensor {name}")
+                array = stored[name]
+                weights[name] = writer.add(name, array, array.shape, array.dtype)
+                continue
+            values, scales = stored[f"{name}.values"], stored[f"{name}.scales"]
+            zeros = stored.get(f"{name}.zeros")
+            bits, block = described["bits"], described["block"]
+            if values.shape[0] * values.shape[1] != int(np.prod(spec.shape)):
+                raise GemmaforgeError(f"{weights_file}: {name}.values has shape "
+                                      f"{list(values.shape)}, not a matrix of "
+                                      f"{list(spec.shape)}")
+            nbits_block = _nbits_block(values.shape[0], block)
+            if profile == "ort" and nbits_block is not None:
+                weights[name] = _as_nbits(writer, name, values, scales, zeros, bits,
+                                          nbits_block)
+            else:
+                weights[name] = _as_dq(writer, name, values, scales, zeros, bits, block)
+    finally:
+        writer.close()
+    return weights
+
+
+def _dequantized(ops: Ops, weight: QuantizedWeight) -> str:
+    """float32 [K, N] of a "dq" weight."""
+    if weight.block == weight.k:
+        return ops.op("DequantizeLinear", [weight.values, weight.scales, weight.zeros],
+                      axis=1)
+    return ops.op("DequantizeLinear", [weight.values, weight.scales, weight.zeros], axis=0,
+                  block_size=weight.block)
+
+
+def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
+    """lhs [..., K] times the weight [K, N] -> [..., N]."""
+    if weight.layout == "dq":
+        return ops.op("MatMul", [lhs, _dequantized(ops, weight)])
+    groups = weight.k // weight.block
+    zeros = None if weight.zeros is None else weight.zeros.reshaped((weight.zeros.nbytes,))
+    return ops.op("MatMulNBits", [lhs, weight.values, weight.scales.reshaped(
+        (weight.n * groups,)), zeros], domain=MS_DOMAIN, K=weight.k, N=weight.n,
+        bits=weight.bits, block_size=weight.block, accuracy_level=ACCURACY_LEVEL)
+
+
+def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
+    """Rows `ids` of the table [N, K] (stored as the LM head reads it: K = the hidden size
+    contracted, N = the vocabulary) -> float32 [*ids, K]."""
+    if table.layout == "nbits":
+        data = table.values.reshaped((table.n, table.k * table.bits // 8))
+        return ops.op("GatherBlockQuantized", [data, ids, table.scales, table.zeros],
+                      domain=MS_DOMAIN, bits=table.bits, block_size=table.block,
+                      gather_axis=0, quantize_axis=1)
+    flat_ids = ops.op("Reshape", [ids, ops.ints([-1])])
+    rows_shape = ops.op("Concat", [ops.op("Shape", [ids]), ops.ints([table.k])], axis=0)
+    if table.bits == 4:
+        # Gather does not take INT4: the whole table dequantized, then its columns gathered.
+        columns = ops.op("Gather", [_dequantized(ops, table), flat_ids], axis=1)
+    else:
+        per_channel = table.block == table.k
+        axis = 0 if per_channel else 1  # scales [N] or [K / block, N]
+
+        def gathered(stored: Const, along: int) -> str:
+            return ops.op("Cast", [ops.op("Gather", [stored, flat_ids], axis=along)],
+                          to=TensorProto.FLOAT)
+
+        columns = gathered(table.values, 1)  # [K, M]
+        scales = ops.op("Gather", [table.scales, flat_ids], axis=axis)
+        zeros = None if table.zeros is None else gathered(table.zeros, axis)
+        if per_channel:  # one scale (and zero) per row of the table: [M]
+            if zeros is not None:
+                columns = ops.op("Sub", [columns, zeros])
+            columns = ops.op("Mul", [columns, scales])
+        else:
+            # [K, M] -> [K / block, block, M], each block times its scale, -> [K, M]
+            blocks = ops.op("Reshape", [columns, ops.ints([table.k // table.block,
+                                                           table.block, -1])])
+            if zeros is not None:
+                blocks = ops.op("Sub", [blocks, ops.op("Unsqueeze", [zeros, ops.ints([1])])])
+            scaled = ops.op("Mul", [blocks, ops.op("Unsqueeze", [scales, ops.ints([1])])])
+            columns = ops.op("Reshape", [scaled, ops.ints([table.k, -1])])
+    rows = ops.op("Transpose", [columns], perm=[1, 0])  # [M, K]
+    return ops.op("Reshape", [rows, rows_shape])
