@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks import export, litert, load, onnx, quality, reference, runtimes
+from benchmarks import export, litert, load, onnx, quality, quantized, reference, runtimes
 
 BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run,
               "runtimes": runtimes.run, "litert": litert.run,
               "litert-convert": litert.run_convert, "onnx": onnx.run,
-              "onnx-export": onnx.run_export, "quality": quality.run}
+              "onnx-export": onnx.run_export, "quality": quality.run,
+              "quantized": quantized.run}
 
 
 def main(names: list[str]) -> None:

@@ -161,7 +161,7 @@ def export_command(
     quant: str | None = typer.Option(
         None, "--quant", "-q",
         help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128) or a "
-             ".toml/.json recipe file; StableHLO so far."),
+             ".toml/.json recipe file; one quantization for every format (LiteRT: int8)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
                                   help="Validate each format on its main runtime after export."),

@@ -97,13 +97,14 @@ def _bake_weights(module, attributes: dict, names: list[str]) -> None:
 
 
 def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions, context,
-                  attributes: dict, fused: bool):
+                  attributes: dict, fused: bool, fused_lookup: bool = False):
     """One entry point as a converted TFL module with its signature set."""
     ir, passmanager, converter, _ = _converter()
     specs = weight_specs(config)
     names = sorted(specs)
     # 'BTD,VD->BTV' becomes FULLY_CONNECTED, which XNNPACK runs faster than a batch matmul.
-    function = entry_function(config, entry, fused=fused, table_left_head=False)
+    function = entry_function(config, entry, fused=fused, table_left_head=False,
+                              fused_lookup=fused_lookup)
     tokens, positions, cache = input_specs(config, entry, options.max_len)
     weights = {n: jax.ShapeDtypeStruct(specs[n][0], specs[n][1]) for n in specs}
     exported = jax_export.export(jax.jit(function, keep_unused=True),
@@ -126,7 +127,7 @@ def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
 
 
 def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
-                 weights_file: Path, *, fused: bool = True) -> dict:
+                 weights_file: Path, *, fused: bool = True, fused_lookup: bool = False) -> dict:
     """Writes directory/model.tflite with the weights in `weights_file` (our safetensors) and
     returns its manifest section."""
     ir, _, converter, _ = _converter()
@@ -138,7 +139,7 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     attributes, placed = _constants(context, config, shapes, weights_file, offsets, fused)
     entries = [EntryPoint(f"prefill_{t}", t, False) for t in options.buckets]
     entries.append(EntryPoint("decode", 1, True))
-    modules = [convert_entry(config, entry, options, context, attributes, fused)
+    modules = [convert_entry(config, entry, options, context, attributes, fused, fused_lookup)
                for entry in entries]
     path = directory / TFLITE
     with context:

@@ -10,6 +10,7 @@ import jax
 from jax.sharding import Mesh
 
 import quantize
+from exporter import litert_quant
 from exporter.artifact import (
     FORMAT_VERSION,
     TOKENIZER,
@@ -20,10 +21,11 @@ from exporter.artifact import (
     write_manifest,
 )
 from exporter.litert import DIRECTORY as LITERT_DIRECTORY
-from exporter.litert import write_litertlm, write_task, write_tflite
+from exporter.litert import TFLITE, write_litertlm, write_task, write_tflite
 from exporter.onnx_export import write_onnx
 from exporter.onnx_fused import PROFILES
 from exporter.stablehlo import write_stablehlo
+from exporter.tflite_inspect import describe
 from exporter.trace import resolve_options
 from model_zoo.checkpoints.native import weight_specs, write_safetensors
 from model_zoo.config import config_to_dict
@@ -33,7 +35,7 @@ from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer
 
 FORMATS = ("stablehlo", "onnx", "litert")
-QUANTIZED_FORMATS = ("stablehlo", "onnx")
+FLOAT_FOR_LITERT = ".litert-float.safetensors"  # the dequantized weights the converter reads
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -81,12 +83,12 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     recipe = quantize.get_recipe(quant) if quant is not None else None
     if recipe is not None:
         quantize.check_weight_only(recipe)
-    quantized_formats = [name for name in formats if name not in QUANTIZED_FORMATS]
-    if recipe is not None and quantized_formats:
-        raise GemmaforgeError(f"--quant is lowered to {', '.join(QUANTIZED_FORMATS)} only so far, "
-                              f"not {', '.join(quantized_formats)}: export those without --quant")
     if recipe is not None and mesh is not None:
         raise GemmaforgeError("--quant exports unsharded weights: drop --mesh")
+    if recipe is not None and "litert" in formats:
+        # Before anything is written: the recipe's grids must be ones LiteRT holds.
+        litert_quant.check_recipe({name: recipe.spec_for(name, tuple(shape)).describe()
+                                   for name, (shape, _) in weight_specs(model.config).items()})
     options = resolve_options(model.config, max_len, buckets, fused=fused,
                               symbolic_prefill=symbolic_prefill)
     started = time.perf_counter()
@@ -117,7 +119,6 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if recipe is not None:
             manifest["quantization"] = {"recipe": recipe.name,
                                         "tensors": quantize.specs_of(quantized)}
-            del quantized
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
                 model.config, root, options, platforms=platforms, mesh=mesh, weights=stored)
@@ -129,8 +130,13 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if "litert" in formats:
             directory = root / LITERT_DIRECTORY
             directory.mkdir()
-            section = write_tflite(model.config, directory, options, root / WEIGHTS,
-                                   fused=options.fused)
+            if recipe is None:
+                section = write_tflite(model.config, directory, options, root / WEIGHTS,
+                                       fused=options.fused)
+            else:
+                section = _write_quantized_tflite(model, directory, options, quantized,
+                                                  manifest["quantization"]["tensors"],
+                                                  root / FLOAT_FOR_LITERT)
             tokenizer = manifest["tokenizer"]
             section["bundle"] = write_litertlm(
                 directory, model.config, root / TOKENIZER, bos_id=tokenizer["bos_id"],
@@ -140,13 +146,34 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
                     directory, root / TOKENIZER, vocab_size=model.config.vocab_size,
                     bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"])
             manifest["formats"]["litert"] = section
+        if recipe is not None:
+            del quantized
         tools = ["jax", "jaxlib", "flax", "numpy"]
         if "onnx" in formats:
             tools += ["onnx"]
         if "litert" in formats:
             tools += ["litert-converter", "litert-lm-builder"]
+            if recipe is not None:
+                tools += ["ai-edge-quantizer"]
         manifest["tools"] = tool_versions(*tools)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         manifest["files"] = file_entries(root)
         write_manifest(root, manifest)
     return manifest
+
+
+def _write_quantized_tflite(model: LoadedModel, directory: Path, options, quantized: dict,
+                            tensors: dict, float_file: Path) -> dict:
+    """The LiteRT model of a quantized artifact (see exporter.litert_quant): converted from the
+    dequantized weights, then quantized onto the recipe's grids."""
+    config = model.config
+    try:
+        write_safetensors(float_file, weight_specs(config),
+                          ((name, quantize.dequantize(value)) for name, value in quantized.items()))
+        section = write_tflite(config, directory, options, float_file, fused=options.fused,
+                               fused_lookup=True)
+    finally:
+        float_file.unlink(missing_ok=True)
+    section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors)
+    section["signatures"] = describe(directory / TFLITE)["signatures"]
+    return section

@@ -139,13 +139,14 @@ def weight_specs(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
 
 def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Array,
           input_pos: jax.Array, kv_cache: dict[str, jax.Array], fused: bool,
-          table_left_head: bool, fused_rope: bool = False):
+          table_left_head: bool, fused_rope: bool = False, fused_lookup: bool = False):
     cache = KVCache(k=tuple(kv_cache[f"kv_cache_k_{i}"] for i in range(config.num_layers)),
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
     last = None if entry.every_position else jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, fused=fused,
                           logits_index=last, table_left_head=table_left_head,
-                          logits=entry.returns_logits, fused_rope=fused_rope)
+                          logits=entry.returns_logits, fused_rope=fused_rope,
+                          fused_lookup=fused_lookup)
     updated = {}
     for i in range(config.num_layers):
         updated[f"kv_cache_k_{i}"] = cache.k[i]
@@ -155,7 +156,8 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
 
 def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
                    params: Params | None = None, table_left_head: bool = True,
-                   symbolic_composites: bool = False, fused_rope: bool = False) -> Callable:
+                   symbolic_composites: bool = False, fused_rope: bool = False,
+                   fused_lookup: bool = False) -> Callable:
     """The pure function of one entry point.
 
     With `params` None it takes `weights` (dotted names -> arrays) first:
@@ -164,18 +166,20 @@ def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
     kernels that will run it (see `model_zoo.layers.Embedder.decode`). Composites are
     dropped under a symbolic length, which jax.export cannot lower (jax-ml/jax#40486), unless
     `symbolic_composites` says the consumer reads the jaxpr itself (the ONNX writer).
-    `fused_rope` marks the rotary embedding as a composite as well (ONNX has rotary ops).
+    `fused_rope` marks the rotary embedding as a composite as well (ONNX has rotary ops),
+    `fused_lookup` the embedding lookup (for ai-edge-quantizer, see
+    `composites.embedding_lookup`).
     """
     fused = fused and (symbolic_composites or not entry.symbolic)
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
             return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,
-                         fused, table_left_head, fused_rope)
+                         fused, table_left_head, fused_rope, fused_lookup)
         return with_weights
 
     def with_constants(tokens, input_pos, kv_cache):
         return _step(config, params, entry, tokens, input_pos, kv_cache, fused, table_left_head,
-                     fused_rope)
+                     fused_rope, fused_lookup)
     return with_constants
 
 

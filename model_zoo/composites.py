@@ -20,7 +20,8 @@ RMS_NORM = "odml.rms_norm"
 KV_CACHE_UPDATE = "gemmaforge.kv_cache_update"
 SOFT_CAP = "gemmaforge.logit_soft_cap"
 ROPE = "gemmaforge.rope"
-COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE, SOFT_CAP, ROPE)
+EMBEDDING_LOOKUP = "odml.embedding_lookup"
+COMPOSITE_NAMES = (SDPA, RMS_NORM, KV_CACHE_UPDATE, SOFT_CAP, ROPE, EMBEDDING_LOOKUP)
 
 # Added to the logits of masked keys. Finite, so that a fully masked row (padding) stays NaN-free;
 # float32's lowest value, which tanh soft-capping is applied before, so it is never capped.
@@ -123,7 +124,13 @@ def _soft_cap(x: jax.Array, *, cap: float) -> jax.Array:
     return jnp.tanh(x / cap) * cap
 
 
+def _embedding_lookup(ids: jax.Array, table: jax.Array) -> jax.Array:
+    """Rows `ids` (int32 [M]) of `table` [V, D] -> [M, D]."""
+    return jnp.take(table, ids, axis=0)
+
+
 _rms_norm_composite = lax.composite(_rms_norm, name=RMS_NORM)
+_embedding_lookup_composite = lax.composite(_embedding_lookup, name=EMBEDDING_LOOKUP)
 _soft_cap_composite = lax.composite(_soft_cap, name=SOFT_CAP)
 _sdpa_composite = lax.composite(_sdpa, name=SDPA)
 _kv_cache_update_composite = lax.composite(_kv_cache_update, name=KV_CACHE_UPDATE)
@@ -169,3 +176,13 @@ def rope(x: jax.Array, positions: jax.Array, *, base: float, scale: float,
     LiteRT delegates do not, and every composite there is a partition boundary)."""
     op = _rope_composite if fused else _rope
     return op(x, positions, base=float(base), scale=float(scale))
+
+
+def embedding_lookup(table: jax.Array, tokens: jax.Array, *, fused: bool) -> jax.Array:
+    """Rows of `table` [V, D] for int `tokens` [...] -> [..., D]. Fused, the lookup of flat
+    int32 ids is the composite LiteRT's converter turns into EMBEDDING_LOOKUP, which
+    ai-edge-quantizer quantizes and shares with the LM head (a plain gather it leaves float)."""
+    if not fused:
+        return jnp.take(table, tokens, axis=0)
+    ids = tokens.reshape(-1).astype(jnp.int32)
+    return _embedding_lookup_composite(ids, table).reshape(*tokens.shape, table.shape[1])

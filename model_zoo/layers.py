@@ -55,9 +55,9 @@ class Embedder(nnx.Module):
                                 1.0 / math.sqrt(config.embed_dim), ("vocab", "embed"))
         self.embed_dim = config.embed_dim
 
-    def encode(self, tokens: jax.Array) -> jax.Array:
-        """int [B, T] -> [B, T, D]."""
-        x = jnp.take(self.embedding[...], tokens, axis=0)
+    def encode(self, tokens: jax.Array, *, fused: bool = False) -> jax.Array:
+        """int [B, T] -> [B, T, D]; `fused`: the lookup as a composite (LiteRT only)."""
+        x = composites.embedding_lookup(self.embedding[...], tokens, fused=fused)
         return x * jnp.sqrt(self.embed_dim).astype(x.dtype)
 
     def decode(self, x: jax.Array, *, table_left: bool = True) -> jax.Array:

@@ -80,7 +80,8 @@ class Gemma(nnx.Module):
                  logits_index: jax.Array | None = None,
                  table_left_head: bool = True,
                  logits: bool = True,
-                 fused_rope: bool = False) -> tuple[jax.Array | None, KVCache]:
+                 fused_rope: bool = False,
+                 fused_lookup: bool = False) -> tuple[jax.Array | None, KVCache]:
         """Runs T new tokens per row through the model, writing them into the cache.
 
         Args:
@@ -89,6 +90,8 @@ class Gemma(nnx.Module):
           cache: the KV cache; slot s holds position s.
           fused: trace the fused ops as composites (True) or as their plain decomposition.
           fused_rope: with `fused`, the rotary embedding as a composite too (ONNX only).
+          fused_lookup: with `fused`, the embedding lookup as a composite too (quantized
+            LiteRT only: see `composites.embedding_lookup`).
           logits_index: int32 [B]: compute logits only at this index of T (the LM head is the
             largest matmul; prefill needs one row of it). None: logits at every position.
           table_left_head: the LM head's contraction form (see `Embedder.decode`).
@@ -98,7 +101,7 @@ class Gemma(nnx.Module):
         Returns:
           (float32 logits [B, T, V] or [B, 1, V] (None without logits), the updated cache).
         """
-        x = self.embedder.encode(tokens)
+        x = self.embedder.encode(tokens, fused=fused and fused_lookup)
         new_layers = []
         for index, block in enumerate(self.layers):
             if not logits and index == len(self.layers) - 1:
@@ -164,14 +167,16 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
           cache: KVCache, *, fused: bool = True,
           logits_index: jax.Array | None = None, table_left_head: bool = True,
-          logits: bool = True, fused_rope: bool = False) -> tuple[jax.Array | None, KVCache]:
+          logits: bool = True, fused_rope: bool = False,
+          fused_lookup: bool = False) -> tuple[jax.Array | None, KVCache]:
     """`Gemma.__call__` as a pure function of the parameters. See there for shapes. Quantized
     parameters (`model_zoo.quantized`) are dequantized here, inside the trace."""
     if is_quantized(params):
         params = dequantize_params(config, params)
     model = nnx.merge(graphdef(config), params)
     return model(tokens, positions, cache, fused=fused, logits_index=logits_index,
-                 table_left_head=table_left_head, logits=logits, fused_rope=fused_rope)
+                 table_left_head=table_left_head, logits=logits, fused_rope=fused_rope,
+                 fused_lookup=fused_lookup)
 
 
 def count_params(config: ModelConfig) -> tuple[int, int]:

@@ -349,3 +349,54 @@ def test_recipes_with_quantized_activations_are_refused_before_writing(tmp_path,
     with pytest.raises(GemmaforgeError, match="quantizes activations"):
         export(model, tmp_path / "out", formats=("onnx",), quant="int8-dyn")
     assert not (tmp_path / "out").exists()
+
+
+# ai-edge-quantizer recomputes each channel's scale from our dequantized weights: max|q * s| / 127
+# in float32, which may land an ulp away from s.
+SCALE_ULPS_RTOL = 2 * np.finfo(np.float32).eps
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma2", "tiny-gemma3"])
+def test_litert_int8_holds_the_quantizers_numbers_and_runs_them(preset, tmp_path, tiny_params):
+    from exporter.tflite_inspect import quantized_weights
+
+    config, params = mz.get_preset(preset), tiny_params(preset)
+    model = mz.LoadedModel(config, params, mz.ByteTokenizer(), "test weights", True)
+    out = tmp_path / "int8"
+    manifest = export(model, out, formats=("litert", "onnx", "stablehlo"), buckets=(8,),
+                      quant="int8")
+    ops = manifest["formats"]["litert"]["signatures"]["decode"]["ops"]
+    assert ops["EMBEDDING_LOOKUP"] == 1 and ops["DEQUANTIZE"] == ops["FULLY_CONNECTED"]
+
+    # Read back: each stored int8 matrix is one of ours, transposed as FULLY_CONNECTED and
+    # EMBEDDING_LOOKUP store it, with our scales; the table is stored once, for the lookup and
+    # the head, and nothing is left float.
+    _, quantized = quantize.quantize_params(params, "int8")
+    ours = {value.values.T.tobytes(): (name, value) for name, value in quantized.items()
+            if isinstance(value, quantize.QuantizedTensor)}
+    stored = quantized_weights(out / "litert" / "model.tflite")
+    matched = set()
+    for tensor in stored.values():
+        name, value = ours[tensor["values"].tobytes()]
+        np.testing.assert_allclose(tensor["scales"], value.scales[0], rtol=SCALE_ULPS_RTOL,
+                                   atol=0)
+        matched.add(name)
+    assert len(stored) == len(matched) == len(ours)
+
+    # Parity: the three formats from one quantization, every runner, against the quantized
+    # JAX reference.
+    report = validate_artifact(out, ["litert", "litert-lm", "onnxruntime", "stablehlo"],
+                               decode_steps=4)
+    assert report["passed"], report
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("int4", "LiteRT export lowers int8 per-channel symmetric weights only"),
+    ("fp16", "does not store float16 weights"),
+])
+def test_litert_refuses_grids_it_would_re_round(recipe, message, tmp_path, tiny_params):
+    model = mz.LoadedModel(mz.get_preset("tiny-gemma3"), tiny_params("tiny-gemma3"),
+                           mz.ByteTokenizer(), "test weights", True)
+    with pytest.raises(GemmaforgeError, match=message):
+        export(model, tmp_path / "out", formats=("onnx", "litert"), quant=recipe)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
