@@ -93,9 +93,11 @@ def test_sampling_is_seeded(capsys):
      "unknown recipe 'int5'"),
     (("zoo", "show", "nothing"), "unknown preset"),
 ])
-def test_user_errors_are_one_line(capsys, args, message):
+def test_user_errors_are_one_line(capsys, args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an --out the command must never write
     code, out, err = run(capsys, *args)
     assert code != 0
+    assert not any(tmp_path.iterdir()), "a refused command wrote something"
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gemmaforge: error:")
     assert message in lines[0]
