@@ -98,7 +98,7 @@ def generate_command(
     quant: str | None = typer.Option(
         None, "--quant", "-q",
         help="Run the quantized reference: a recipe (f32, fp16, int8, int8-dyn, int4, "
-             "int4-b128) or a .toml/.json recipe file."),
+             "int4-b128, int4-cal) or a .toml/.json recipe file."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
@@ -111,7 +111,8 @@ def generate_command(
                  mesh=device_mesh)
     params, weights = model.params, model.source
     if recipe is not None:
-        params, _ = quantize_params(params, recipe)
+        params, _ = quantize_params(params, recipe, config=model.config,
+                                    tokenizer=model.tokenizer)
         weights = f"{weights}, quantized {recipe.name}"
     runner = JaxRunner(model.config, params, max_len=max_len or default_max_len(model.config))
     result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
@@ -160,7 +161,8 @@ def export_command(
         help="ONNX ops: ort (ONNX Runtime's fused contrib ops) or standard (opset 23 only)."),
     quant: str | None = typer.Option(
         None, "--quant", "-q",
-        help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128) or a "
+        help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128, "
+             "int4-cal) or a "
              ".toml/.json recipe file; one quantization for every format (LiteRT: int8)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
@@ -170,9 +172,11 @@ def export_command(
     """Export a model to an artifact directory (written atomically) and validate it."""
     formats = parse_formats(to)
     device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
-    # Random weights stay undrawn: the writers stream them, one tensor at a time.
+    # Random weights stay undrawn: the writers stream them, one tensor at a time (a calibrated
+    # recipe runs the model first, so it draws them).
+    calibrated = quant is not None and get_recipe(quant).method != "rtn"
     model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=device_mesh,
-                 materialize=False)
+                 materialize=calibrated)
     manifest = export(model, out, formats=formats, max_len=max_len,
                       buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
                       mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, task=task,

@@ -97,7 +97,9 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         if recipe is None:
             write_safetensors(root / WEIGHTS, weight_specs(model.config), model.weights())
         else:
-            quantized = quantize.apply(model.weights(), recipe)
+            hessians = quantize.calibrate(recipe, model.config, model.params, model.tokenizer)
+            quantized = quantize.apply(model.weights(), recipe, hessians)
+            del hessians
             flat = flatten_params(quantize.to_params(quantized))
             write_safetensors(root / WEIGHTS, {n: (a.shape, a.dtype) for n, a in flat.items()},
                               flat.items())

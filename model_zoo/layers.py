@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from model_zoo import composites, masks
@@ -82,6 +83,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float, *,
     return composites.rope(x, positions, base=base, scale=scale, fused=fused)
 
 
+# Calibration (`quantize.gptq.projection_inputs`) sets this to a list and runs the model eagerly:
+# every projection then appends (its parameter's role, its input as [tokens, in_features]), in
+# the order the layers run. None (always, outside calibration) records nothing.
+PROJECTION_INPUTS: list | None = None
+
+
+def project(role: str, equation: str, x: jax.Array, weight: jax.Array) -> jax.Array:
+    """jnp.einsum(equation, x, weight) for the projection `role` (q_proj, ..., down_proj)."""
+    if PROJECTION_INPUTS is not None:
+        inputs = weight.shape[0] if role != "o_proj" else weight.shape[0] * weight.shape[1]
+        PROJECTION_INPUTS.append((role, np.asarray(x, np.float32).reshape(-1, inputs)))
+    return jnp.einsum(equation, x, weight)
+
+
 class Attention(nnx.Module):
     """Multi-query / multi-head / grouped-query attention over an explicit cache."""
 
@@ -112,7 +127,7 @@ class Attention(nnx.Module):
         Returns:
           ([B, T, D], the updated (k, v)).
         """
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...])
+        q = project("q_proj", "BTD,DNH->BTNH", x, self.q_proj[...])
         if self.q_norm is not None:
             q = self.q_norm(q, fused=fused)
         q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -124,7 +139,7 @@ class Attention(nnx.Module):
         attended = composites.scaled_dot_product_attention(
             q, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3), mask,
             scale=self.scale, logit_cap=self.logit_cap, fused=fused)
-        out = jnp.einsum("BTNH,NHD->BTD", attended, self.o_proj[...])
+        out = project("o_proj", "BTNH,NHD->BTD", attended, self.o_proj[...])
         return out, (k_cache, v_cache)
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
@@ -139,8 +154,8 @@ class Attention(nnx.Module):
         Returns:
           the updated (k, v).
         """
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...])
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...])
+        k = project("k_proj", "BTD,DKH->BTKH", x, self.k_proj[...])
+        v = project("v_proj", "BTD,DKH->BTKH", x, self.v_proj[...])
         if self.k_norm is not None:
             k = self.k_norm(k, fused=fused)
         k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -163,6 +178,7 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, D]."""
-        gate = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...]), approximate=True)
-        up = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...])
-        return jnp.einsum("BTF,FD->BTD", gate * up, self.down_proj[...])
+        gate = jax.nn.gelu(project("gate_proj", "BTD,DF->BTF", x, self.gate_proj[...]),
+                           approximate=True)
+        up = project("up_proj", "BTD,DF->BTF", x, self.up_proj[...])
+        return project("down_proj", "BTF,FD->BTD", gate * up, self.down_proj[...])

@@ -19,15 +19,23 @@ from quantize.recipes import RECIPES, Recipe, get_recipe, load_recipe_file
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",
-           "check_weight_only", "dequantize", "get_recipe", "load_recipe_file",
+           "calibrate", "check_weight_only", "dequantize", "get_recipe", "load_recipe_file",
            "quantize_params", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
+# The sample is ~700 tokens of Gemma's tokenizer; a byte tokenizer (test models) makes ~3,000.
+CALIBRATION_TOKENS = 1024
 
 
-def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str) -> dict[str, Quantized]:
-    """name -> QuantizedTensor, or a float16 / float32 array, for each (name, float32 array)."""
+def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str,
+          hessians: dict[str, np.ndarray] | None = None) -> dict[str, Quantized]:
+    """name -> QuantizedTensor, or a float16 / float32 array, for each (name, float32 array).
+    A calibrated recipe (method "gptq") needs `hessians` (`calibrate`): the projections it
+    has one for are rounded by GPTQ, the rest (the table) to nearest."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if recipe.method == "gptq" and hessians is None:
+        raise GemmaforgeError(f"recipe {recipe.name} is calibrated: run quantize.calibrate "
+                              "first")
     out = {}
     for name, weight in weights:
         weight = np.asarray(weight, np.float32)
@@ -36,9 +44,42 @@ def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str) -> di
             out[name] = weight
         elif spec == FLOAT16:
             out[name] = weight.astype(np.float16)
+        elif recipe.method == "gptq" and name in hessians:
+            out[name] = _gptq_tensor(name, weight, spec, hessians[name])
         else:
             out[name] = quantize_tensor(name, weight, spec, in_axes(name))
     return out
+
+
+def _gptq_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
+                 hessian: np.ndarray) -> QuantizedTensor:
+    from quantize.gptq import gptq
+    from quantize.spec import to_matrix
+
+    if not spec.symmetric:
+        raise GemmaforgeError(f"GPTQ rounds onto symmetric grids; {name} is asymmetric")
+    matrix = to_matrix(weight, in_axes(name))
+    block = spec.block or matrix.shape[0]
+    if matrix.shape[0] % block:
+        raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {matrix.shape[0]} "
+                              "input features; use a block that divides it or per-channel")
+    values, scales = gptq(matrix, hessian, spec.qmax, block)
+    return QuantizedTensor(values, scales, None, spec, tuple(weight.shape), in_axes(name))
+
+
+def calibrate(recipe: Recipe, config, params, tokenizer) -> dict[str, np.ndarray] | None:
+    """The calibration statistics a recipe needs (None for round-to-nearest recipes): each
+    projection's H = X^T X on the committed sample, from the float32 `params`."""
+    if recipe.method != "gptq":
+        return None
+    from quantize.calibration import TEXT
+    from quantize.gptq import hessians
+
+    if params is None:
+        raise GemmaforgeError(f"recipe {recipe.name} calibrates on the loaded model; load it "
+                              "with its weights in memory")
+    ids = tokenizer.encode(TEXT, add_bos=True)[:CALIBRATION_TOKENS]
+    return hessians(config, params, ids)
 
 
 def dequantize(value: Quantized) -> np.ndarray:
@@ -74,10 +115,18 @@ def check_weight_only(recipe: Recipe) -> None:
                               "reference does not run yet; use a weight-only recipe (int8, int4)")
 
 
-def quantize_params(params: Params, recipe: Recipe | str) -> tuple[Params, dict[str, Quantized]]:
-    """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`."""
+def quantize_params(params: Params, recipe: Recipe | str, *, config=None,
+                    tokenizer=None) -> tuple[Params, dict[str, Quantized]]:
+    """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`;
+    a calibrated recipe needs the model's `config` and `tokenizer` too."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     check_weight_only(recipe)
+    hessians = None
+    if recipe.method != "rtn":
+        if config is None or tokenizer is None:
+            raise GemmaforgeError(f"recipe {recipe.name} is calibrated: pass the model's config "
+                                  "and tokenizer")
+        hessians = calibrate(recipe, config, params, tokenizer)
     quantized = apply(((path_name(path), np.asarray(leaf)) for path, leaf in flatten(params)),
-                      recipe)
+                      recipe, hessians)
     return to_params(quantized), quantized

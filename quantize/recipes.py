@@ -3,7 +3,8 @@ parameter's dotted name and shape, and a spec); the first rule that matches wins
 scales) always stay float32. The tied embedding is one parameter, quantized once, and serves both
 the lookup and the LM head.
 
-Named recipes: f32, fp16, int8, int8-dyn, int4, int4-b128. A user recipe is a TOML or JSON file:
+Named recipes: f32, fp16, int8, int8-dyn, int4, int4-b128, int4-cal (int4's grids rounded by
+GPTQ on a calibration sample instead of to nearest). A user recipe is a TOML or JSON file:
 
     name = "my-int4"
     default = {bits = 4, block = 64}               # or "f32" / "fp16"
@@ -33,9 +34,12 @@ EMBEDDING = "embedder.embedding"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    """`method`: "rtn" (round to nearest) or "gptq" (calibrated, `quantize.gptq`)."""
+
     name: str
     rules: tuple[tuple[Predicate, Spec], ...]
     default: Spec
+    method: str = "rtn"
 
     def spec_for(self, name: str, shape: tuple[int, ...]) -> Spec:
         if len(shape) < 2:
@@ -58,6 +62,8 @@ RECIPES = {
     "int8-dyn": Recipe("int8-dyn", (), QuantSpec(8, activations="int8-dynamic")),
     "int4": Recipe("int4", ((_is_embedding, INT8),), QuantSpec(4, block=32)),
     "int4-b128": Recipe("int4-b128", ((_is_embedding, INT8),), QuantSpec(4, block=128)),
+    # int4's grids, rounded by GPTQ on a committed calibration sample (quantize/calibration.py)
+    "int4-cal": Recipe("int4-cal", ((_is_embedding, INT8),), QuantSpec(4, block=32), "gptq"),
 }
 
 

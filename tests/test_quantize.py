@@ -81,7 +81,9 @@ def test_the_table_is_quantized_along_its_rows():
 @pytest.mark.parametrize("recipe", sorted(quantize.RECIPES))
 def test_every_named_recipe_covers_every_parameter_once(recipe):
     weights = _weights()
-    quantized = quantize.apply(weights, recipe)
+    hessians = quantize.calibrate(quantize.get_recipe(recipe), WIDE, mz.init_params(WIDE, 0),
+                                  mz.ByteTokenizer())
+    quantized = quantize.apply(weights, recipe, hessians)
     assert list(quantized) == [name for name, _ in weights]  # one table: lookup and LM head
     for name, weight in weights:
         back = quantize.dequantize(quantized[name])
@@ -400,3 +402,56 @@ def test_litert_refuses_grids_it_would_re_round(recipe, message, tmp_path, tiny_
     with pytest.raises(GemmaforgeError, match=message):
         export(model, tmp_path / "out", formats=("onnx", "litert"), quant=recipe)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_gptq_beats_round_to_nearest_on_its_calibration_inputs():
+    """GPTQ's one promise: a smaller output error ||X (W - W_q)|| on the inputs it saw, on the
+    same grid (values within +-qmax, one scale per block and output)."""
+    from quantize.gptq import gptq
+
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((128, 128))  # correlated inputs, as activations are
+    inputs = rng.standard_normal((512, 128)) @ mixing
+    weight = rng.standard_normal((128, 64)).astype(np.float32)
+    spec = QuantSpec(4, block=32)
+    rtn = quantize_tensor("w", weight, spec, 1)
+    values, scales = gptq(weight, inputs.T @ inputs, spec.qmax, 32)
+    assert np.abs(values).max() <= spec.qmax and scales.shape == (4, 64)
+    calibrated = (values.reshape(4, 32, 64) * scales[:, None, :]).reshape(128, 64)
+    error = np.linalg.norm(inputs @ (weight - calibrated))
+    assert error < 0.8 * np.linalg.norm(inputs @ (weight - rtn.dequantize()))
+
+
+def test_int4_cal_is_closer_to_float32_than_int4_on_unseen_text(tiny_params):
+    """Calibrated on quantize/calibration.py's sample, measured on other text."""
+    config = mz.get_preset("tiny-gemma3")
+    params, tokenizer = tiny_params("tiny-gemma3"), mz.ByteTokenizer()
+    ids = tokenizer.encode("Unseen words: a river, seven stones and the colour of the sky at "
+                           "noon, measured twice by a careful hand.", add_bos=True)
+
+    def log_probs(p):
+        cache = KVCache.create(config, 1, len(ids))
+        logits, _ = apply(config, p, jnp.asarray([ids]), jnp.arange(len(ids))[None], cache)
+        return jax.nn.log_softmax(logits[0], axis=-1)
+
+    reference = log_probs(params)
+
+    def kl(recipe):
+        qparams, _ = quantize.quantize_params(params, recipe, config=config,
+                                              tokenizer=tokenizer)
+        ours = log_probs(dequantize_params(config, qparams))
+        return float(jnp.mean(jnp.sum(jnp.exp(reference) * (reference - ours), -1)))
+
+    assert kl("int4-cal") < 0.75 * kl("int4")
+    with pytest.raises(GemmaforgeError, match="calibrated"):
+        quantize.quantize_params(params, "int4-cal")
+
+
+def test_int4_cal_exports_like_int4(tmp_path, tiny_params):
+    model = mz.LoadedModel(mz.get_preset("tiny-gemma2"), tiny_params("tiny-gemma2"),
+                           mz.ByteTokenizer(), "test weights", True)
+    manifest = export(model, tmp_path / "out", formats=("onnx", "stablehlo"), buckets=(8,),
+                      quant="int4-cal")
+    assert manifest["quantization"]["tensors"]["layers.0.mlp.down_proj"]["block"] == 32
+    report = validate_artifact(tmp_path / "out", ["onnxruntime", "stablehlo"], decode_steps=4)
+    assert report["passed"], report

@@ -157,3 +157,20 @@ def test_onnx_artifact_reproduces_the_references(tmp_path_factory, model):
     tokenizer.update_options(add_special_tokens="true")
     for prompt in REF_PROMPTS.values():
         assert tokenizer.encode(prompt).tolist() == model.tokenizer.encode(prompt)
+
+
+@pytest.mark.parametrize("recipe, formats", [("int8", ("onnx", "litert")), ("int4", ("onnx",))])
+def test_quantized_artifacts_match_the_quantized_reference(tmp_path_factory, model, recipe,
+                                                           formats):
+    """One quantization of gemma3-270m lowered to ONNX (MatMulNBits, GatherBlockQuantized) and,
+    for int8, LiteRT (ai-edge-quantizer weight-only int8): every runtime against the quantized
+    JAX reference, logits within the recipe's tolerance and every top-1 equal."""
+    from exporter import export
+    from runtimes.validate import validate_artifact
+
+    out = tmp_path_factory.mktemp("export") / f"gemma3-270m-{recipe}"
+    export(model, out, formats=formats, quant=recipe)
+    runtimes = ["onnxruntime", "ort-genai"] + (["litert", "litert-lm"] if "litert" in formats
+                                               else [])
+    report = validate_artifact(out, runtimes)
+    assert report["passed"], report

@@ -1,0 +1,91 @@
+"""GPTQ (Frantar et al., 2022) onto our blockwise grids: the calibrated rounding of `int4-cal`.
+
+Round-to-nearest minimises each weight's own error; GPTQ minimises the error of the layer's
+output on calibration inputs X. Going through the input features in order, it rounds one row of
+W [in, out], then spreads that row's rounding error over the rows not yet rounded, weighted by the
+inverse of H = X^T X (through its Cholesky factor), so later rows compensate. Each block's scale
+is taken when the block's first row is reached, from the rows as updated so far. The grid is the
+spec's own (symmetric, scale = max |w| / qmax per block and output): every format stores the
+result exactly as it stores round-to-nearest values.
+
+Calibration inputs come from the float32 model on a committed sample
+(`quantize/calibration.py`), each projection's input recorded through
+`model_zoo.layers.PROJECTION_INPUTS` in one eager forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_zoo.errors import GemmaforgeError
+
+DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible on few tokens
+LAZY_ROWS = 128  # rows updated together before the rest of W is (a multiple of every block)
+
+
+def hessians(config, params, ids: list[int]) -> dict[str, np.ndarray]:
+    """Dotted parameter name -> H = X^T X (float64 [in, in]) of its calibration inputs: the
+    float32 model run once, eagerly, over `ids`."""
+    import jax.numpy as jnp
+
+    from model_zoo import layers
+    from model_zoo.cache import KVCache
+    from model_zoo.quantized import dequantize_params, is_quantized
+    from model_zoo.transformer import apply
+
+    if is_quantized(params):
+        params = dequantize_params(config, params)
+    recorded: list = []
+    layers.PROJECTION_INPUTS = recorded
+    try:
+        apply(config, params, jnp.asarray([ids], jnp.int32),
+              jnp.arange(len(ids), dtype=jnp.int32)[None], KVCache.create(config, 1, len(ids)),
+              fused=False)
+    finally:
+        layers.PROJECTION_INPUTS = None
+    seen: dict[str, int] = {}
+    out = {}
+    for role, x in recorded:
+        layer = seen.get(role, 0)
+        seen[role] = layer + 1
+        section = "attn" if role in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        x = x.astype(np.float64)
+        out[f"layers.{layer}.{section}.{role}"] = x.T @ x
+    if any(count != config.num_layers for count in seen.values()):
+        raise GemmaforgeError(f"calibration saw projections {seen}, not one per layer; "
+                              "this is a gemmaforge bug")
+    return out
+
+
+def gptq(matrix: np.ndarray, hessian: np.ndarray, qmax: int,
+         block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values [in, out], float32 scales [in / block, out]) of `matrix` [in, out] on the
+    symmetric grid of `qmax` with one scale per `block` inputs of each output."""
+    weights = matrix.astype(np.float64).copy()
+    inputs, outputs = weights.shape
+    h = hessian.copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    weights[dead] = 0.0
+    h[np.diag_indices(inputs)] += DAMPING * np.mean(np.diag(h))
+    # The upper Cholesky factor of H^-1: row i holds how row i's error moves the later rows.
+    factor = np.linalg.cholesky(np.linalg.inv(h)).T
+    values = np.zeros((inputs, outputs), np.int8)
+    scales = np.zeros((inputs // block, outputs), np.float32)
+    for start in range(0, inputs, LAZY_ROWS):
+        stop = min(start + LAZY_ROWS, inputs)
+        rows = weights[start:stop].copy()
+        errors = np.zeros_like(rows)
+        for i in range(stop - start):
+            row = start + i
+            if row % block == 0:
+                scale = np.abs(rows[i:i + block]).max(axis=0) / qmax
+                scales[row // block] = np.where(scale > 0, scale, 1.0)
+            scale = scales[row // block].astype(np.float64)
+            q = np.clip(np.round(rows[i] / scale), -qmax, qmax)
+            values[row] = q
+            error = (rows[i] - q * scale) / factor[row, row]
+            rows[i:] -= np.outer(factor[row, row:stop], error)
+            errors[i] = error
+        weights[stop:] -= factor[start:stop, stop:].T @ errors
+    return values, scales
