@@ -39,7 +39,13 @@ from exporter.genai import genai_config, write_tokenizer_files
 from exporter.onnx_fused import PROFILES, fuse_skip_norms
 from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, tensor_proto
 from exporter.onnx_lower import lower_jaxpr, prune, rename
-from exporter.onnx_quant import ACCURACY_LEVEL, SESSION_CONFIG, QuantizedWeight, write_weights
+from exporter.onnx_quant import (
+    ACCURACY_LEVEL,
+    ACCURACY_LEVELS,
+    QuantizedWeight,
+    session_config,
+    write_weights,
+)
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, weight_specs
 from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
@@ -239,32 +245,35 @@ def op_counts(nodes: list[onnx.NodeProto]) -> dict[str, int]:
 
 def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profile: str,
                weights_file: Path, tokenizer_file: Path, tokenizer: dict,
-               quantization: dict | None = None,
+               quantization: dict | None = None, accuracy_level: int = ACCURACY_LEVEL,
                external_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
     """Writes `root/onnx/` (the decoder, genai_config.json, tokenizer files) and returns the
     manifest section. The weights come from `weights_file` (our safetensors), one at a time;
     `quantization` is the manifest's section of a quantized artifact (the weights file then
-    holds integer values and scales)."""
+    holds integer values and scales), `accuracy_level` MatMulNBits' (exporter.onnx_quant)."""
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise GemmaforgeError(f"MatMulNBits' accuracy level must be one of {ACCURACY_LEVELS}, "
+                              f"got {accuracy_level}")
     directory = root / DIRECTORY
     directory.mkdir()
     if quantization is None:
         weights = weight_constants(weights_file, config)
     else:
         weights = write_weights(weights_file, directory / DATA, config,
-                                quantization["tensors"], profile)
+                                quantization["tensors"], profile, accuracy_level)
     graph = lower_decoder(config, options, weights, profile)
     section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes,
                            data_written=quantization is not None)
-    session_config = SESSION_CONFIG if quantization is not None else {}
+    entries = session_config(accuracy_level) if quantization is not None else {}
     if quantization is not None:
         section["quantization"] = {
-            "accuracy_level": ACCURACY_LEVEL, "session_config": session_config,
+            "accuracy_level": accuracy_level, "session_config": entries,
             "tensors": {name: weight.describe() for name, weight in weights.items()
                         if isinstance(weight, QuantizedWeight)}}
     (directory / GENAI_CONFIG).write_text(json.dumps(genai_config(
         config, filename=MODEL, max_len=options.max_len, profile=profile,
         bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=config.pad_id,
-        session_config=session_config), indent=2) + "\n")
+        session_config=entries), indent=2) + "\n")
     files = write_tokenizer_files(directory, tokenizer_file.read_bytes(),
                                   max_len=options.max_len)
     section.update(profile=profile, directory=DIRECTORY, genai_config=GENAI_CONFIG,

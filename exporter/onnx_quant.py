@@ -14,12 +14,14 @@ A per-channel weight goes into MatMulNBits with its one scale repeated over bloc
 of two that divides K: the same numbers. Every layout holds the reference's values exactly:
 (q - zero) * scale in float32, nothing re-rounded.
 
-MatMulNBits runs at accuracy level 0 (ACCURACY_LEVEL): float32 activations times the
-dequantized weights, the quantized reference's own arithmetic. Level 4 (int8 activations) is
-faster on some CPUs but drifts ~1e-2 from the reference, so validating it would test
-onnxruntime's activation rounding, not our export. The same holds for the standard profile,
-whose DequantizeLinear + MatMul onnxruntime fuses into MatMulNBits: SESSION_CONFIG, recorded
-in the manifest and in genai_config.json, keeps that fusion at level 0.
+MatMulNBits runs at accuracy level 0 by default (ACCURACY_LEVEL): float32 activations times the
+dequantized weights, the quantized reference's own arithmetic, validated to float32 tolerances.
+onnxruntime 1.32's CPU kernels for it are slow, though (8-bit: the whole matrix dequantized at
+every call, ~1 s for gemma3-270m's LM head): `accuracy_level=4` quantizes the activations to int8
+per block and runs its integer kernels, ~10-100x faster per matmul, at ~1e-2 from the reference
+(validated to INT8_ACTIVATIONS tolerances). The same choice holds for the standard profile,
+whose DequantizeLinear + MatMul onnxruntime fuses into MatMulNBits: `session_config`, recorded in
+the manifest and in genai_config.json, keeps that fusion at the chosen level.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.quantized import in_axes
 
+ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations
 ACCURACY_LEVEL = 0
-# onnxruntime fuses DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 unless told
-# otherwise: the standard profile's sessions need this entry to run the reference's arithmetic.
-SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": str(ACCURACY_LEVEL)}
+
+
+def session_config(accuracy_level: int) -> dict[str, str]:
+    """onnxruntime fuses DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 unless
+    told otherwise: the session config entry that keeps the fusion at `accuracy_level`."""
+    return {"session.qdq_matmulnbits_accuracy_level": str(accuracy_level)}
 NBITS_BLOCKS = (128, 64, 32, 16)  # what MatMulNBits / GatherBlockQuantized take
 ALIGN = 4096  # external tensors start on a page, so onnxruntime can map them
 
@@ -56,6 +62,7 @@ class QuantizedWeight:
       block: inputs per scale in the stored layout (K itself for a per-channel "dq" weight).
       layout: "nbits" (MatMulNBits / GatherBlockQuantized) or "dq" (DequantizeLinear).
       values, scales, zeros: the stored tensors (zeros None for symmetric grids).
+      accuracy_level: MatMulNBits' (see the module docstring).
     """
 
     name: str
@@ -68,6 +75,7 @@ class QuantizedWeight:
     values: Const
     scales: Const
     zeros: Const | None
+    accuracy_level: int = ACCURACY_LEVEL
 
     def describe(self) -> str:
         """What the manifest records: the op, the bits and the inputs one stored scale covers
@@ -166,7 +174,8 @@ def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
 
 
 def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
-                  tensors: dict[str, dict], profile: str) -> dict[str, Const | QuantizedWeight]:
+                  tensors: dict[str, dict], profile: str,
+                  accuracy_level: int = ACCURACY_LEVEL) -> dict[str, Const | QuantizedWeight]:
     """Writes every weight of `weights_file` (the quantized artifact's tensors) into
     `data_file` in the layout `profile` reads, and returns each weight's stored value.
     `tensors` is the manifest's per-tensor specs."""
@@ -193,10 +202,10 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
                                       f"{list(spec.shape)}")
             nbits_block = _nbits_block(values.shape[0], block)
             if profile == "ort" and nbits_block is not None:
-                weights[name] = _as_nbits(writer, name, values, scales, zeros, bits,
-                                          nbits_block)
+                weight = _as_nbits(writer, name, values, scales, zeros, bits, nbits_block)
             else:
-                weights[name] = _as_dq(writer, name, values, scales, zeros, bits, block)
+                weight = _as_dq(writer, name, values, scales, zeros, bits, block)
+            weights[name] = dataclasses.replace(weight, accuracy_level=accuracy_level)
     finally:
         writer.close()
     return weights
@@ -219,7 +228,7 @@ def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     zeros = None if weight.zeros is None else weight.zeros.reshaped((weight.zeros.nbytes,))
     return ops.op("MatMulNBits", [lhs, weight.values, weight.scales.reshaped(
         (weight.n * groups,)), zeros], domain=MS_DOMAIN, K=weight.k, N=weight.n,
-        bits=weight.bits, block_size=weight.block, accuracy_level=ACCURACY_LEVEL)
+        bits=weight.bits, block_size=weight.block, accuracy_level=weight.accuracy_level)
 
 
 def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:

@@ -24,6 +24,7 @@ from exporter.litert import DIRECTORY as LITERT_DIRECTORY
 from exporter.litert import TFLITE, write_litertlm, write_task, write_tflite
 from exporter.onnx_export import write_onnx
 from exporter.onnx_fused import PROFILES
+from exporter.onnx_quant import ACCURACY_LEVELS
 from exporter.stablehlo import write_stablehlo
 from exporter.tflite_inspect import describe
 from exporter.trace import resolve_options
@@ -66,12 +67,14 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
            max_len: int | None = None, buckets: tuple[int, ...] | None = None,
            platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
            fused: bool = True, symbolic_prefill: bool = True, task: bool = False,
-           onnx_profile: str = "ort", quant: str | None = None, force: bool = False) -> dict:
+           onnx_profile: str = "ort", quant: str | None = None, onnx_accuracy_level: int = 0,
+           force: bool = False) -> dict:
     """Writes `out` (atomically) and returns its manifest. Validation is a separate step:
     `runtimes.validate.validate_artifact(out)`. `task` adds a MediaPipe .task bundle to the
     LiteRT files; `onnx_profile` picks the ONNX ops ("ort": ONNX Runtime's fused contrib ops,
     "standard": standard opset-23 ops only). `quant` names a recipe (or a recipe file): the
-    weights are quantized once and every program runs those numbers."""
+    weights are quantized once and every program runs those numbers; `onnx_accuracy_level`
+    (0 or 4) is MatMulNBits' for a quantized ONNX model (see exporter.onnx_quant)."""
     for name in formats:
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
@@ -83,6 +86,12 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     recipe = quantize.get_recipe(quant) if quant is not None else None
     if recipe is not None:
         quantize.check_weight_only(recipe)
+    if onnx_accuracy_level not in ACCURACY_LEVELS:
+        raise GemmaforgeError(f"--onnx-accuracy-level must be 0 (float32 activations) or 4 "
+                              f"(int8 activations), got {onnx_accuracy_level}")
+    if onnx_accuracy_level and (recipe is None or "onnx" not in formats):
+        raise GemmaforgeError("--onnx-accuracy-level applies to quantized ONNX models: add "
+                              "--quant and onnx to --to, or drop it")
     if recipe is not None and mesh is not None:
         raise GemmaforgeError("--quant exports unsharded weights: drop --mesh")
     if recipe is not None and "litert" in formats:
@@ -128,7 +137,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             manifest["formats"]["onnx"] = write_onnx(
                 model.config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,
                 tokenizer_file=root / TOKENIZER, tokenizer=manifest["tokenizer"],
-                quantization=manifest.get("quantization"))
+                quantization=manifest.get("quantization"), accuracy_level=onnx_accuracy_level)
         if "litert" in formats:
             directory = root / LITERT_DIRECTORY
             directory.mkdir()

@@ -47,3 +47,11 @@ def artifact_tolerance(precision: str) -> tuple[float, float]:
         return ARTIFACT_TOLERANCES[precision]
     recipe = precision.removeprefix("quantized ")
     return QUANTIZED_TOLERANCES.get(recipe, max(QUANTIZED_TOLERANCES.values()))
+
+# A quantized ONNX model exported with accuracy level 4 (exporter.onnx_quant): onnxruntime rounds
+# the activations to int8 per block of inputs before every quantized matmul, which the
+# weight-only reference does not: another computation, held to (atol, rtol of max |logit|) and a
+# minimum share of top-1 agreement instead of every top-1. Measured on the tiny presets (random
+# weights, |logits| ~3, where near-ties flip): up to 4% of the largest logit and 50/51 top-1.
+INT8_ACTIVATIONS = (1e-3, 6e-2)
+INT8_ACTIVATIONS_MIN_TOP1 = 0.9

@@ -455,3 +455,28 @@ def test_int4_cal_exports_like_int4(tmp_path, tiny_params):
     assert manifest["quantization"]["tensors"]["layers.0.mlp.down_proj"]["block"] == 32
     report = validate_artifact(tmp_path / "out", ["onnxruntime", "stablehlo"], decode_steps=4)
     assert report["passed"], report
+
+
+def test_onnx_accuracy_level_4_quantizes_activations(tmp_path, tiny_params):
+    """Level 4 is recorded, reaches every MatMulNBits, and is another computation: farther
+    from the reference than level 0, validated to the INT8_ACTIVATIONS tolerances."""
+    import onnx
+
+    model = mz.LoadedModel(mz.get_preset("tiny-gemma3"), tiny_params("tiny-gemma3"),
+                           mz.ByteTokenizer(), "test weights", True)
+    errors = {}
+    for level in (0, 4):
+        out = tmp_path / f"level{level}"
+        manifest = export(model, out, formats=("onnx",), buckets=(8,), quant="int4",
+                          onnx_accuracy_level=level)
+        assert manifest["formats"]["onnx"]["quantization"]["accuracy_level"] == level
+        graph = onnx.load(out / "onnx" / "model.onnx", load_external_data=False).graph
+        levels = {onnx.helper.get_attribute_value(a) for n in graph.node
+                  if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+        assert levels == {level}
+        report = validate_artifact(out, ["onnxruntime"], decode_steps=4)
+        assert report["passed"], report
+        errors[level] = max(part["max_abs_error"]
+                            for p in report["runtimes"]["onnxruntime"]["prompts"].values()
+                            for key, part in p.items() if key != "prompt_tokens")
+    assert errors[0] < 1e-4 < errors[4]
