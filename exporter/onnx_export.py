@@ -41,7 +41,6 @@ from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, tensor_proto
 from exporter.onnx_lower import lower_jaxpr, prune, rename
 from exporter.onnx_quant import (
     ACCURACY_LEVEL,
-    ACCURACY_LEVELS,
     QuantizedWeight,
     session_config,
     write_weights,
@@ -251,9 +250,6 @@ def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profil
     manifest section. The weights come from `weights_file` (our safetensors), one at a time;
     `quantization` is the manifest's section of a quantized artifact (the weights file then
     holds integer values and scales), `accuracy_level` MatMulNBits' (exporter.onnx_quant)."""
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise GemmaforgeError(f"MatMulNBits' accuracy level must be one of {ACCURACY_LEVELS}, "
-                              f"got {accuracy_level}")
     directory = root / DIRECTORY
     directory.mkdir()
     if quantization is None:

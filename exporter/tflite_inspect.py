@@ -74,21 +74,13 @@ def describe(path: str | os.PathLike) -> dict:
                 "buffers": model.BuffersLength(), "buffer_bytes": buffer_bytes}
 
 
-def _buffer_bytes(data, model, index: int):
-    import numpy as np
-
-    buffer = model.Buffers(index)
-    if buffer.Offset() > 1:
-        return np.frombuffer(data, np.uint8, buffer.Size(), buffer.Offset())
-    return buffer.DataAsNumpy() if buffer.DataLength() else None
-
-
 def quantized_weights(path: str | os.PathLike) -> dict[int, dict]:
-    """The quantized constant tensors of every subgraph, once per buffer: name, shape (as
-    stored: [out, in] for FULLY_CONNECTED, [rows, dim] for EMBEDDING_LOOKUP), the integer values
-    (int4 unpacked, the low nibble first), the scales as float32 ([out] per channel, or
-    [out, in / block]) and the block (None per channel)."""
+    """The int8 per-channel constant tensors of every subgraph (what the LiteRT export stores),
+    once per buffer: name, shape (as stored: [out, in] for FULLY_CONNECTED, [rows, dim] for
+    EMBEDDING_LOOKUP), the values and their scales ([out], float32)."""
     import numpy as np
+
+    from exporter.tflite_weights import buffer_region
 
     found = {}
     with open(path, "rb") as file:
@@ -99,35 +91,13 @@ def quantized_weights(path: str | os.PathLike) -> dict[int, dict]:
         for t in range(subgraph.TensorsLength()):
             tensor = subgraph.Tensors(t)
             quantization = tensor.Quantization()
-            raw = _buffer_bytes(data, model, tensor.Buffer())
-            if quantization is None or raw is None or tensor.Buffer() in found:
+            offset, size = buffer_region(model.Buffers(tensor.Buffer()))
+            if (quantization is None or not quantization.ScaleLength() or not size
+                    or tensor.Type() != schema.TensorType.INT8 or tensor.Buffer() in found):
                 continue
             shape = [int(d) for d in tensor.ShapeAsNumpy()]
-            block = None
-            if quantization.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
-                table = quantization.Details()
-                details = schema.BlockwiseQuantization()
-                details.Init(table.Bytes, table.Pos)
-                block = details.BlockSize()
-                holder = subgraph.Tensors(details.Scales())
-                scale_type = np.float16 if holder.Type() == schema.TensorType.FLOAT16 \
-                    else np.float32
-                scales = np.frombuffer(_buffer_bytes(data, model, holder.Buffer()).tobytes(),
-                                       scale_type).astype(np.float32)
-                scales = scales.reshape([int(d) for d in holder.ShapeAsNumpy()])
-            elif quantization.ScaleLength():
-                scales = quantization.ScaleAsNumpy().astype(np.float32)
-            else:
-                continue
-            if tensor.Type() == schema.TensorType.INT4:
-                packed = raw.astype(np.uint8)
-                nibbles = np.stack([packed & 0x0F, packed >> 4], -1).reshape(-1).astype(np.int8)
-                values = np.where(nibbles > 7, nibbles - 16, nibbles)[:int(np.prod(shape))]
-            elif tensor.Type() == schema.TensorType.INT8:
-                values = raw.view(np.int8)
-            else:
-                continue
-            found[tensor.Buffer()] = {"name": tensor.Name().decode(), "shape": shape,
-                                      "values": values.reshape(shape), "scales": scales,
-                                      "block": block}
+            found[tensor.Buffer()] = {
+                "name": tensor.Name().decode(), "shape": shape,
+                "values": np.frombuffer(data, np.int8, size, offset).reshape(shape),
+                "scales": quantization.ScaleAsNumpy().astype(np.float32)}
     return found

@@ -17,6 +17,7 @@ from flax import nnx
 
 from model_zoo import composites, masks
 from model_zoo.config import LayerSpec, ModelConfig
+from model_zoo.quantized import IN_AXES
 
 # Random init of norm scales: Gemma initialises them at 0 (a multiplier of exactly 1), which
 # would let a norm that ignores its weight, or forgets the +1, pass every random-weight test.
@@ -92,7 +93,7 @@ PROJECTION_INPUTS: list | None = None
 def project(role: str, equation: str, x: jax.Array, weight: jax.Array) -> jax.Array:
     """jnp.einsum(equation, x, weight) for the projection `role` (q_proj, ..., down_proj)."""
     if PROJECTION_INPUTS is not None:
-        inputs = weight.shape[0] if role != "o_proj" else weight.shape[0] * weight.shape[1]
+        inputs = math.prod(weight.shape[:IN_AXES[role]])
         PROJECTION_INPUTS.append((role, np.asarray(x, np.float32).reshape(-1, inputs)))
     return jnp.einsum(equation, x, weight)
 

@@ -54,16 +54,12 @@ def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str,
 def _gptq_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
                  hessian: np.ndarray) -> QuantizedTensor:
     from quantize.gptq import gptq
-    from quantize.spec import to_matrix
+    from quantize.spec import block_of, to_matrix
 
     if not spec.symmetric:
         raise GemmaforgeError(f"GPTQ rounds onto symmetric grids; {name} is asymmetric")
     matrix = to_matrix(weight, in_axes(name))
-    block = spec.block or matrix.shape[0]
-    if matrix.shape[0] % block:
-        raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {matrix.shape[0]} "
-                              "input features; use a block that divides it or per-channel")
-    values, scales = gptq(matrix, hessian, spec.qmax, block)
+    values, scales = gptq(matrix, hessian, spec.qmax, block_of(name, spec, matrix.shape[0]))
     return QuantizedTensor(values, scales, None, spec, tuple(weight.shape), in_axes(name))
 
 

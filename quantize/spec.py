@@ -102,15 +102,22 @@ def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:
     return weight.reshape(math.prod(weight.shape[:split]), -1).T
 
 
+def block_of(name: str, spec: QuantSpec, inputs: int) -> int:
+    """The inputs one scale covers (all of them per channel); a clear error when the spec's
+    block does not divide the weight's input features."""
+    block = spec.block or inputs
+    if inputs % block:
+        raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {inputs} input "
+                              f"features; use a block that divides {inputs} or per-channel")
+    return block
+
+
 def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
                     in_axes: int) -> QuantizedTensor:
     """Round-to-nearest onto `spec`'s grid, scales from each group's range."""
     matrix = to_matrix(np.asarray(weight, np.float32), in_axes)
     inputs, outputs = matrix.shape
-    block = spec.block or inputs
-    if inputs % block:
-        raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {inputs} input "
-                              f"features; use a block that divides {inputs} or per-channel")
+    block = block_of(name, spec, inputs)
     groups = matrix.reshape(inputs // block, block, outputs)
     if spec.symmetric:
         scales = np.abs(groups).max(axis=1) / spec.qmax
