@@ -162,7 +162,7 @@ def export_command(
     onnx_accuracy_level: int = typer.Option(
         0, "--onnx-accuracy-level",
         help="MatMulNBits' accuracy level for a quantized ONNX model: 0 (float32 activations, "
-             "the reference's numbers) or 4 (int8 activations: faster, ~1e-2 off)."),
+             "the reference's numbers) or 4 (int8 activations: faster, a few percent off)."),
     quant: str | None = typer.Option(
         None, "--quant", "-q",
         help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128, "
