@@ -98,7 +98,7 @@ def generate_command(
     quant: str | None = typer.Option(
         None, "--quant", "-q",
         help="Run the quantized reference: a recipe (f32, fp16, int8, int8-dyn, int4, "
-             "int4-b128, int4-cal) or a .toml/.json recipe file."),
+             "int4-b128, int4-cal, source) or a .toml/.json recipe file."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
@@ -112,7 +112,7 @@ def generate_command(
     params, weights = model.params, model.source
     if recipe is not None:
         params, _ = quantize_params(params, recipe, config=model.config,
-                                    tokenizer=model.tokenizer)
+                                    tokenizer=model.tokenizer, checkpoint=model.checkpoint)
         weights = f"{weights}, quantized {recipe.name}"
     runner = JaxRunner(model.config, params, max_len=max_len or default_max_len(model.config))
     result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
@@ -166,8 +166,8 @@ def export_command(
     quant: str | None = typer.Option(
         None, "--quant", "-q",
         help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128, "
-             "int4-cal) or a "
-             ".toml/.json recipe file; one quantization for every format (LiteRT: int8)."),
+             "int4-cal; source keeps a GGUF's own grids) or a .toml/.json recipe file; one "
+             "quantization for every format (LiteRT: int8, float32 for source grids)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
                                   help="Validate each format on its main runtime after export."),

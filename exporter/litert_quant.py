@@ -8,6 +8,10 @@ the same rule (scale = max |w| / 127 per channel) finds the same scale and the s
 numbers, read back in the tests. The tied table is one EMBEDDING_LOOKUP + LM-head tensor
 (`composites.embedding_lookup`), quantized once.
 
+The `source` recipe's grids (a GGUF's int8 / 4-bit blocks of 16 and 32, float zero points) are
+held by none of LiteRT's weight-only schemes (int8 per channel): those tensors stay float32, the
+nearest representation that holds them exactly (FLOAT_HOLDER, recorded in the manifest).
+
 Not lowered (a clear error before anything is written), as measured with ai-edge-quantizer 0.10:
   - int4: it has no weight-only int4 (the config is silently skipped); its dynamic int4 keeps
     float16 block scales (ours rounded) and quantizes activations to int8 at run time, and
@@ -25,10 +29,16 @@ from pathlib import Path
 
 from model_zoo.errors import GemmaforgeError
 
+FLOAT_HOLDER = {"scheme": "float32: LiteRT's int8 per channel holds none of the checkpoint's "
+                "block grids exactly; float32 is the nearest exact holder",
+                "quantized_tensors": 0}
+
 
 def check_spec(name: str, spec: dict) -> bool:
     """True for a tensor LiteRT holds as int8 per channel, False for one that stays float32;
     a clear error for a grid the LiteRT export does not lower."""
+    if spec.get("source"):  # the checkpoint's own grid (or the recipe's "keep it" marker)
+        return False
     if "bits" not in spec:
         if spec.get("dtype", "float32") == "float32":
             return False

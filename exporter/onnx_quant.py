@@ -11,7 +11,11 @@ scales (weights.safetensors), in the layout each profile's ops read:
             and multiplies (a 4-bit table is dequantized whole, then gathered).
 
 A per-channel weight goes into MatMulNBits with its one scale repeated over blocks of a power
-of two that divides K: the same numbers. Every layout holds the reference's values exactly:
+of two that divides K: the same numbers. Float zero points (a GGUF's offset grids, kept by the
+`source` recipe) go into 4-bit MatMulNBits as float32, which it takes as (q - zero) * scale; the
+8-bit kernel, GatherBlockQuantized and DequantizeLinear take integer zero points only, so such a
+weight is stored "dq" as uint8 values and dequantized by Cast, Sub and Mul: the reference's own
+arithmetic. Every layout holds the reference's values exactly:
 (q - zero) * scale in float32, nothing re-rounded.
 
 MatMulNBits runs at accuracy level 0 by default (ACCURACY_LEVEL): float32 activations times the
@@ -82,7 +86,9 @@ class QuantizedWeight:
         (a per-channel scale may be repeated over several MatMulNBits blocks)."""
         op = "MatMulNBits" if self.layout == "nbits" else "DequantizeLinear"
         grid = "per channel" if self.block == self.k else f"{self.block} inputs a scale"
-        return f"{op} {self.bits}-bit, {grid}{'' if self.zeros is None else ', zero points'}"
+        zeros = ("" if self.zeros is None else ", float zero points"
+                 if self.zeros.dtype == np.float32 else ", zero points")
+        return f"{op} {self.bits}-bit, {grid}{zeros}"
 
 
 class DataWriter:
@@ -140,7 +146,10 @@ def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
     stored_scales = writer.add(f"{name}.nbits_scales", scales_t.astype(np.float32),
                                (n, groups), np.float32)
     stored_zeros = None
-    if zeros is not None:
+    if zeros is not None and np.asarray(zeros).dtype == np.float32:  # float zero points
+        zeros_t = np.repeat(np.asarray(zeros).T, repeat, axis=1)
+        stored_zeros = writer.add(f"{name}.nbits_zeros", zeros_t, (n * groups,), np.float32)
+    elif zeros is not None:
         zeros_t = np.repeat(np.asarray(zeros).T, repeat, axis=1).astype(np.uint8)
         zeros_data = _pack4(zeros_t) if bits == 4 else zeros_t
         stored_zeros = writer.add(f"{name}.nbits_zeros", zeros_data, zeros_data.shape,
@@ -151,12 +160,14 @@ def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
 
 def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
            block: int | None) -> QuantizedWeight:
-    """Values [K, N] (INT4 / UINT4 packed, or int8 / uint8), scales [K / block, N] or [N]."""
+    """Values [K, N] (INT4 / UINT4 packed, or int8 / uint8; uint8 under float zero points),
+    scales [K / block, N] or [N]."""
     k, n = values.shape
     symmetric = zeros is None
+    float_zeros = not symmetric and np.asarray(zeros).dtype == np.float32
     dtype = np.dtype(np.int8 if symmetric else np.uint8)
     packed = None
-    if bits == 4:
+    if bits == 4 and not float_zeros:
         packed = TensorProto.INT4 if symmetric else TensorProto.UINT4
     scale_shape = (k // block, n) if block else (n,)
 
@@ -168,7 +179,12 @@ def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
     stored_values = stored("values", values, (k, n))
     stored_scales = writer.add(f"{name}.scales", np.asarray(scales, np.float32), scale_shape,
                                np.float32)
-    stored_zeros = None if symmetric else stored("zeros", zeros, scale_shape)
+    stored_zeros = None
+    if float_zeros:
+        stored_zeros = writer.add(f"{name}.zeros", np.asarray(zeros, np.float32), scale_shape,
+                                  np.float32)
+    elif not symmetric:
+        stored_zeros = stored("zeros", zeros, scale_shape)
     return QuantizedWeight(name, in_axes(name), k, n, bits, block or k, "dq", stored_values,
                            stored_scales, stored_zeros)
 
@@ -201,6 +217,10 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
                                       f"{list(values.shape)}, not a matrix of "
                                       f"{list(spec.shape)}")
             nbits_block = _nbits_block(values.shape[0], block)
+            # MatMulNBits takes float zero points at 4 bits only; GatherBlockQuantized never
+            float_zeros = described.get("zero_point") == "float"
+            if float_zeros and (bits == 8 or in_axes(name) < 0):
+                nbits_block = None
             if profile == "ort" and nbits_block is not None:
                 weight = _as_nbits(writer, name, values, scales, zeros, bits, nbits_block)
             else:
@@ -211,8 +231,21 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
     return weights
 
 
+def _float_zeros(weight: QuantizedWeight) -> bool:
+    return weight.zeros is not None and weight.zeros.dtype == np.float32
+
+
 def _dequantized(ops: Ops, weight: QuantizedWeight) -> str:
     """float32 [K, N] of a "dq" weight."""
+    if _float_zeros(weight):  # (q - zero) * scale, each block's pair broadcast over it
+        values = ops.op("Cast", [weight.values], to=TensorProto.FLOAT)
+        if weight.block == weight.k:
+            return ops.op("Mul", [ops.op("Sub", [values, weight.zeros]), weight.scales])
+        blocks = ops.op("Reshape", [values, ops.ints([weight.k // weight.block, weight.block,
+                                                      weight.n])])
+        centred = ops.op("Sub", [blocks, ops.op("Unsqueeze", [weight.zeros, ops.ints([1])])])
+        scaled = ops.op("Mul", [centred, ops.op("Unsqueeze", [weight.scales, ops.ints([1])])])
+        return ops.op("Reshape", [scaled, ops.ints([weight.k, weight.n])])
     if weight.block == weight.k:
         return ops.op("DequantizeLinear", [weight.values, weight.scales, weight.zeros],
                       axis=1)
@@ -225,7 +258,9 @@ def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     if weight.layout == "dq":
         return ops.op("MatMul", [lhs, _dequantized(ops, weight)])
     groups = weight.k // weight.block
-    zeros = None if weight.zeros is None else weight.zeros.reshaped((weight.zeros.nbytes,))
+    zeros = weight.zeros
+    if zeros is not None and not _float_zeros(weight):
+        zeros = zeros.reshaped((zeros.nbytes,))
     return ops.op("MatMulNBits", [lhs, weight.values, weight.scales.reshaped(
         (weight.n * groups,)), zeros], domain=MS_DOMAIN, K=weight.k, N=weight.n,
         bits=weight.bits, block_size=weight.block, accuracy_level=weight.accuracy_level)
@@ -241,7 +276,7 @@ def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
                       gather_axis=0, quantize_axis=1)
     flat_ids = ops.op("Reshape", [ids, ops.ints([-1])])
     rows_shape = ops.op("Concat", [ops.op("Shape", [ids]), ops.ints([table.k])], axis=0)
-    if table.bits == 4:
+    if table.values.packed is not None:
         # Gather does not take INT4: the whole table dequantized, then its columns gathered.
         columns = ops.op("Gather", [_dequantized(ops, table), flat_ids], axis=1)
     else:

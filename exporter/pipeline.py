@@ -94,6 +94,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
                               "--quant and onnx to --to, or drop it")
     if recipe is not None and mesh is not None:
         raise GemmaforgeError("--quant exports unsharded weights: drop --mesh")
+    sources = (quantize.read_sources(recipe, model.checkpoint, model.config)
+               if recipe is not None else None)
     if recipe is not None and "litert" in formats:
         # Before anything is written: the recipe's grids must be ones LiteRT holds.
         litert_quant.check_recipe({name: recipe.spec_for(name, tuple(shape)).describe()
@@ -107,7 +109,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             write_safetensors(root / WEIGHTS, weight_specs(model.config), model.weights())
         else:
             hessians = quantize.calibrate(recipe, model.config, model.params, model.tokenizer)
-            quantized = quantize.apply(model.weights(), recipe, hessians)
+            quantized = quantize.apply(model.weights(), recipe, hessians, sources)
             del hessians
             flat = flatten_params(quantize.to_params(quantized))
             write_safetensors(root / WEIGHTS, {n: (a.shape, a.dtype) for n, a in flat.items()},
@@ -129,7 +131,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         }
         if recipe is not None:
             manifest["quantization"] = {"recipe": recipe.name,
-                                        "tensors": quantize.specs_of(quantized)}
+                                        "tensors": quantize.specs_of(quantized, sources)}
+            del sources
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
                 model.config, root, options, platforms=platforms, mesh=mesh, weights=stored)
@@ -178,13 +181,17 @@ def _write_quantized_tflite(model: LoadedModel, directory: Path, options, quanti
     """The LiteRT model of a quantized artifact (see exporter.litert_quant): converted from the
     dequantized weights, then quantized onto the recipe's grids."""
     config = model.config
+    quantizes = litert_quant.check_recipe(tensors) > 0
     try:
         write_safetensors(float_file, weight_specs(config),
                           ((name, quantize.dequantize(value)) for name, value in quantized.items()))
         section = write_tflite(config, directory, options, float_file, fused=options.fused,
-                               fused_lookup=True)
+                               fused_lookup=quantizes)
     finally:
         float_file.unlink(missing_ok=True)
-    section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors)
+    if quantizes:
+        section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors)
+    else:
+        section["quantization"] = litert_quant.FLOAT_HOLDER
     section["signatures"] = describe(directory / TFLITE)["signatures"]
     return section

@@ -15,12 +15,13 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.quantized import QArray, in_axes
 from model_zoo.transformer import Params
 from model_zoo.tree import flatten, parse_name, path_name, set_path
-from quantize.recipes import RECIPES, Recipe, get_recipe, load_recipe_file
+from quantize.recipes import RECIPES, SOURCE, Recipe, get_recipe, load_recipe_file
+from quantize.source import SourceTensor
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",
            "calibrate", "check_weight_only", "dequantize", "get_recipe", "load_recipe_file",
-           "quantize_params", "specs_of", "to_params"]
+           "quantize_params", "read_sources", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
 # The sample is ~700 tokens of Gemma's tokenizer; a byte tokenizer (test models) makes ~3,000.
@@ -28,19 +29,26 @@ CALIBRATION_TOKENS = 1024
 
 
 def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str,
-          hessians: dict[str, np.ndarray] | None = None) -> dict[str, Quantized]:
+          hessians: dict[str, np.ndarray] | None = None,
+          sources: dict[str, SourceTensor] | None = None) -> dict[str, Quantized]:
     """name -> QuantizedTensor, or a float16 / float32 array, for each (name, float32 array).
     A calibrated recipe (method "gptq") needs `hessians` (`calibrate`): the projections it
-    has one for are rounded by GPTQ, the rest (the table) to nearest."""
+    has one for are rounded by GPTQ, the rest (the table) to nearest. A recipe that keeps the
+    checkpoint's grids needs its `sources` (`read_sources`)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if recipe.method == "gptq" and hessians is None:
         raise GemmaforgeError(f"recipe {recipe.name} is calibrated: run quantize.calibrate "
                               "first")
+    if recipe.uses_source and sources is None:
+        raise GemmaforgeError(f"recipe {recipe.name} keeps the checkpoint's grids: run "
+                              "quantize.read_sources first")
     out = {}
     for name, weight in weights:
         weight = np.asarray(weight, np.float32)
         spec = recipe.spec_for(name, weight.shape)
-        if spec == FLOAT32:
+        if spec == SOURCE:
+            out[name] = sources[name].value
+        elif spec == FLOAT32:
             out[name] = weight
         elif spec == FLOAT16:
             out[name] = weight.astype(np.float16)
@@ -78,6 +86,16 @@ def calibrate(recipe: Recipe, config, params, tokenizer) -> dict[str, np.ndarray
     return hessians(config, params, ids)
 
 
+def read_sources(recipe: Recipe, checkpoint, config) -> dict[str, SourceTensor] | None:
+    """The checkpoint's own grids, for a recipe that keeps them (None for the others); a clear
+    error when `checkpoint` (a path, None for random weights) is not a quantized GGUF."""
+    if not recipe.uses_source:
+        return None
+    from quantize.source import read_sources as read
+
+    return read(checkpoint, config, recipe.name)
+
+
 def dequantize(value: Quantized) -> np.ndarray:
     """float32, the weight's own shape: what the quantized reference computes with."""
     if isinstance(value, QuantizedTensor):
@@ -85,10 +103,23 @@ def dequantize(value: Quantized) -> np.ndarray:
     return np.asarray(value, np.float32)
 
 
-def specs_of(quantized: dict[str, Quantized]) -> dict[str, dict]:
-    """Per-tensor specs, for the manifest."""
-    return {name: value.spec.describe() if isinstance(value, QuantizedTensor)
-            else {"dtype": str(value.dtype)} for name, value in quantized.items()}
+def specs_of(quantized: dict[str, Quantized],
+             sources: dict[str, SourceTensor] | None = None) -> dict[str, dict]:
+    """Per-tensor specs, for the manifest; a tensor kept on the checkpoint's grid also records
+    its source type and whether it is held exactly."""
+    specs = {}
+    for name, value in quantized.items():
+        spec = (value.spec.describe() if isinstance(value, QuantizedTensor)
+                else {"dtype": str(value.dtype)})
+        if sources and name in sources:
+            source = sources[name]
+            if source.value is value:
+                spec |= source.describe()
+            else:  # the recipe's own spec: float32 holds the file exactly, a new grid not
+                spec |= {"source": source.source,
+                         "exact": getattr(value, "dtype", None) == np.float32}
+        specs[name] = spec
+    return specs
 
 
 def to_params(quantized: dict[str, Quantized]) -> Params:
@@ -111,12 +142,14 @@ def check_weight_only(recipe: Recipe) -> None:
                               "reference does not run yet; use a weight-only recipe (int8, int4)")
 
 
-def quantize_params(params: Params, recipe: Recipe | str, *, config=None,
-                    tokenizer=None) -> tuple[Params, dict[str, Quantized]]:
+def quantize_params(params: Params, recipe: Recipe | str, *, config=None, tokenizer=None,
+                    checkpoint=None) -> tuple[Params, dict[str, Quantized]]:
     """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`;
-    a calibrated recipe needs the model's `config` and `tokenizer` too."""
+    a calibrated recipe needs the model's `config` and `tokenizer` too, one that keeps the
+    checkpoint's grids the `checkpoint` path and `config`."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     check_weight_only(recipe)
+    sources = read_sources(recipe, checkpoint, config)
     hessians = None
     if recipe.method != "rtn":
         if config is None or tokenizer is None:
@@ -124,5 +157,5 @@ def quantize_params(params: Params, recipe: Recipe | str, *, config=None,
                                   "and tokenizer")
         hessians = calibrate(recipe, config, params, tokenizer)
     quantized = apply(((path_name(path), np.asarray(leaf)) for path, leaf in flatten(params)),
-                      recipe, hessians)
+                      recipe, hessians, sources)
     return to_params(quantized), quantized

@@ -4,7 +4,8 @@ scales) always stay float32. The tied embedding is one parameter, quantized once
 the lookup and the LM head.
 
 Named recipes: f32, fp16, int8, int8-dyn, int4, int4-b128, int4-cal (int4's grids rounded by
-GPTQ on a calibration sample instead of to nearest). A user recipe is a TOML or JSON file:
+GPTQ on a calibration sample instead of to nearest), and source (an already-quantized GGUF keeps
+each tensor's own grid, `quantize.source`). A user recipe is a TOML or JSON file:
 
     name = "my-int4"
     default = {bits = 4, block = 64}               # or "f32" / "fp16"
@@ -13,7 +14,7 @@ GPTQ on a calibration sample instead of to nearest). A user recipe is a TOML or 
     spec = {bits = 8}
     [[rules]]
     match = 'layers\\.(0|25)\\.'
-    spec = "f32"
+    spec = "f32"                                   # or "source": the checkpoint's own grid
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ from pathlib import Path
 from model_zoo.errors import GemmaforgeError
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
 
-Spec = QuantSpec | FloatSpec
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """Keep the checkpoint's own grid for the tensor (a GGUF's blocks, `quantize.source`)."""
+
+    def describe(self) -> dict:
+        return {"source": True}
+
+
+SOURCE = SourceSpec()
+Spec = QuantSpec | FloatSpec | SourceSpec
 Predicate = Callable[[str, tuple[int, ...]], bool]
 EMBEDDING = "embedder.embedding"
 
@@ -40,6 +51,11 @@ class Recipe:
     rules: tuple[tuple[Predicate, Spec], ...]
     default: Spec
     method: str = "rtn"
+
+    @property
+    def uses_source(self) -> bool:
+        """Whether any tensor keeps the checkpoint's own grid (needs a quantized checkpoint)."""
+        return self.default == SOURCE or any(spec == SOURCE for _, spec in self.rules)
 
     def spec_for(self, name: str, shape: tuple[int, ...]) -> Spec:
         if len(shape) < 2:
@@ -64,6 +80,8 @@ RECIPES = {
     "int4-b128": Recipe("int4-b128", ((_is_embedding, INT8),), QuantSpec(4, block=128)),
     # int4's grids, rounded by GPTQ on a committed calibration sample (quantize/calibration.py)
     "int4-cal": Recipe("int4-cal", ((_is_embedding, INT8),), QuantSpec(4, block=32), "gptq"),
+    # every tensor of a quantized GGUF on its own grid, carried over exactly
+    "source": Recipe("source", (), SOURCE),
 }
 
 
@@ -72,16 +90,20 @@ def _spec(value, where: str) -> Spec:
         return FLOAT32
     if value in ("fp16", "float16"):
         return FLOAT16
+    if value == "source":
+        return SOURCE
     if not isinstance(value, dict):
-        raise GemmaforgeError(f"{where}: a spec is \"f32\", \"fp16\" or a table with bits, "
-                              f"block, symmetric, activations; got {value!r}")
-    unknown = set(value) - {"bits", "block", "symmetric", "activations"}
-    if unknown or "bits" not in value:
-        raise GemmaforgeError(f"{where}: a quantized spec needs bits and takes only bits, block, "
-                              f"symmetric, activations (got {sorted(value)})")
+        raise GemmaforgeError(f"{where}: a spec is \"f32\", \"fp16\", \"source\" or a table "
+                              f"with bits, block, symmetric, zero_point, activations; got "
+                              f"{value!r}")
+    keys = {"bits", "block", "symmetric", "zero_point", "activations"}
+    if set(value) - keys or "bits" not in value:
+        raise GemmaforgeError(f"{where}: a quantized spec needs bits and takes only "
+                              f"{', '.join(sorted(keys))} (got {sorted(value)})")
     return QuantSpec(bits=value["bits"], block=value.get("block"),
                      symmetric=value.get("symmetric", True),
-                     activations=value.get("activations"))
+                     activations=value.get("activations"),
+                     zero_point=value.get("zero_point", "integer"))
 
 
 def _matcher(pattern: str, where: str) -> Predicate:

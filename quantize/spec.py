@@ -4,9 +4,10 @@ A weight is seen as a matrix [in, out]: `in` the axes a matmul contracts (the in
 `out` the rest (the output channels). Scales run along `out`, one per channel (`block=None`) or
 one per `block` consecutive inputs of each channel. Symmetric grids store q in [-2^(b-1)+1,
 2^(b-1)-1] with w = scale * q; asymmetric grids store q in [0, 2^b - 1] with
-w = scale * (q - zero), zero an integer of the same range. Values travel unpacked in int8 (uint8
-for asymmetric 8-bit); each format packs them as it stores them. `float16` keeps the weight in
-half precision and computes in float32.
+w = scale * (q - zero), zero an integer of the same range, or (`zero_point="float"`, the form
+a GGUF's offset grids take, see `quantize.source`) any float32. Values travel unpacked in int8
+(uint8 for asymmetric 8-bit); each format packs them as it stores them. `float16` keeps the
+weight in half precision and computes in float32.
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.quantized import QArray, dequantize
 
 BITS = (4, 8)
-BLOCKS = (32, 64, 128)
+BLOCKS = (16, 32, 64, 128)
 ACTIVATIONS = (None, "int8-dynamic")
+ZERO_POINTS = ("integer", "float")
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-    """bits 4 or 8; block None (per channel) or 32/64/128 inputs; symmetric or asymmetric;
-    activations None (weight-only) or "int8-dynamic" (int8 activations, scaled per token)."""
+    """bits 4 or 8; block None (per channel) or 16/32/64/128 inputs; symmetric or asymmetric,
+    with integer or float zero points; activations None (weight-only) or "int8-dynamic" (int8
+    activations, scaled per token)."""
 
     bits: int
     block: int | None = None
     symmetric: bool = True
     activations: str | None = None
+    zero_point: str = "integer"
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -44,6 +48,9 @@ class QuantSpec:
         if self.activations not in ACTIVATIONS:
             raise GemmaforgeError(f"activations must be none or int8-dynamic, got "
                                   f"{self.activations!r}")
+        if self.zero_point not in ZERO_POINTS or (self.symmetric and self.zero_point != "integer"):
+            raise GemmaforgeError(f"zero_point is integer, or float for an asymmetric grid; got "
+                                  f"{self.zero_point!r}{' on a symmetric one' * self.symmetric}")
 
     @property
     def qmin(self) -> int:
@@ -54,8 +61,11 @@ class QuantSpec:
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
 
     def describe(self) -> dict:
-        return {"bits": self.bits, "block": self.block, "symmetric": self.symmetric,
-                "activations": self.activations}
+        described = {"bits": self.bits, "block": self.block, "symmetric": self.symmetric,
+                     "activations": self.activations}
+        if self.zero_point == "float":
+            described["zero_point"] = "float"
+        return described
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +88,9 @@ FLOAT16 = FloatSpec("float16")
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedTensor:
-    """values int8 [in, out]; scales float32 [in / block (1 per channel), out]; zeros int8 of the
-    scales' shape for asymmetric grids; `shape` and `in_axes` restore the weight's own layout."""
+    """values int8 [in, out]; scales float32 [in / block (1 per channel), out]; zeros of the
+    scales' shape for asymmetric grids (int8 / uint8, float32 for float zero points); `shape`
+    and `in_axes` restore the weight's own layout."""
 
     values: np.ndarray
     scales: np.ndarray
@@ -128,7 +139,9 @@ def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
         scales = (high - low) / (spec.qmax - spec.qmin)
     scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
     storage = np.int8 if spec.qmax < 128 else np.uint8
-    if not spec.symmetric:
+    if spec.zero_point == "float":
+        zeros = (-low / scales).astype(np.float32)
+    elif not spec.symmetric:
         zeros = np.clip(np.round(-low / scales), spec.qmin, spec.qmax).astype(storage)
     shifted = groups / scales[:, None, :]
     if zeros is not None:

@@ -59,9 +59,30 @@ def _gguf_matrix(path: tuple, value: np.ndarray) -> np.ndarray:
     return value
 
 
+# Byte ranges of the float16 scales in one block of the types gguf cannot quantize: random
+# blocks get these set to small positive values (the rest of the bytes stay random).
+K_SCALES = {gguf.GGMLQuantizationType.Q4_K: (0, 4), gguf.GGMLQuantizationType.Q6_K: (208, 210),
+            gguf.GGMLQuantizationType.Q5_K: (0, 4), gguf.GGMLQuantizationType.Q2_K: (80, 84)}
+
+
+def random_blocks(shape: tuple[int, int], qtype, seed: int = 0) -> np.ndarray:
+    """Random raw blocks of `qtype` for an [out, in] matrix: every bit pattern of values,
+    sub-scales and minimums, with float16 super-block scales in [1e-4, 1e-3)."""
+    rng = np.random.default_rng(seed)
+    per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (shape[0] * shape[1] // per_block, block_bytes), np.uint8)
+    start, stop = K_SCALES[qtype]
+    scales = rng.uniform(1e-4, 1e-3, (blocks.shape[0], (stop - start) // 2)).astype(np.float16)
+    blocks[:, start:stop] = scales.view(np.uint8)
+    return blocks.reshape(shape[0], -1)
+
+
 def write_gguf(path: Path, config: ModelConfig, params, *, qtype=Q8_0, vocab=None,
-               arch: str | None = None, skip: tuple[str, ...] = (), extra: dict | None = None):
-    """A GGUF of `params`: matrices in `qtype`, norms float32 with llama.cpp's +1.
+               arch: str | None = None, skip: tuple[str, ...] = (), extra: dict | None = None,
+               qtypes: dict | None = None):
+    """A GGUF of `params`: matrices in `qtype` (or `qtypes[role]`, role e.g. "attn_output",
+    "token_embd"; the K types gguf cannot quantize get random blocks), norms float32 with
+    llama.cpp's +1.
 
     Returns what the file holds once dequantized (our layout, norms without +1).
     """
@@ -106,10 +127,15 @@ def write_gguf(path: Path, config: ModelConfig, params, *, qtype=Q8_0, vocab=Non
             set_path(expected, our_path, (value + 1.0).astype(np.float32) - 1.0)
             continue
         matrix = _gguf_matrix(our_path, value) if isinstance(our_path, tuple) else value
-        stored = gguf.quants.quantize(np.ascontiguousarray(matrix), qtype)
-        writer.add_tensor(name, stored, raw_dtype=qtype)
+        role = name.removesuffix(".weight").split(".")[-1]
+        kind = (qtypes or {}).get(role, qtype)
+        if kind in K_SCALES:
+            stored = random_blocks(matrix.shape, kind, seed=len(expected) + len(name))
+        else:
+            stored = gguf.quants.quantize(np.ascontiguousarray(matrix), kind)
+        writer.add_tensor(name, stored, raw_dtype=kind)
         if isinstance(our_path, tuple):
-            back = gguf.quants.dequantize(stored, qtype).reshape(matrix.shape)
+            back = gguf.quants.dequantize(stored, kind).reshape(matrix.shape)
             set_path(expected, our_path, _from_gguf_matrix(our_path, back, value.shape))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -117,6 +117,34 @@ class GGUFCheckpoint:
             raise unexpected(self.path, extra)
         return collector.finish()
 
+    def source_tensors(self, config: ModelConfig):
+        """(dotted name, quantize.source.SourceTensor) for every parameter: the file's own
+        integers and scales where gemmaforge stores its grid (the `source` recipe)."""
+        from model_zoo.quantized import IN_AXES
+        from model_zoo.tree import path_name
+        from quantize.source import SourceTensor, source_tensor
+
+        self.check_config(config)
+        table = hf_tensor_map(config)
+        extra = [t.name for t in self.tensors if hf_name(t.name, config.family) not in table]
+        if extra:
+            raise unexpected(self.path, extra)
+        with open(self.path, "rb") as file:
+            for tensor in self.tensors:
+                entry = table[hf_name(tensor.name, config.family)]
+                name = path_name(entry.path)
+                if entry.path[-1] == "scale" or entry.path[-1] not in IN_AXES:
+                    value = self._read(file.fileno(), tensor, entry)
+                    yield name, SourceTensor(value, tensor.qtype.name)
+                    continue
+                raw = os.pread(file.fileno(), tensor.n_bytes, tensor.offset)
+                if len(raw) != tensor.n_bytes:
+                    raise GemmaforgeError(f"{self.path} is truncated inside tensor {tensor.name}")
+                yield name, source_tensor(name, np.frombuffer(raw, np.uint8), tensor.qtype,
+                                          tensor.shape, IN_AXES[entry.path[-1]],
+                                          lambda w, entry=entry: entry.to_ours(
+                                              w.reshape(entry.hf_shape)))
+
     def _read(self, fd: int, tensor: TensorInfo, entry: TensorMap) -> np.ndarray:
         """One tensor in our layout, dequantized a block of rows at a time."""
         is_norm = entry.path[-1] == "scale"
