@@ -14,7 +14,7 @@ BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run
               "runtimes": runtimes.run, "litert": litert.run,
               "litert-convert": litert.run_convert, "onnx": onnx.run,
               "onnx-export": onnx.run_export, "quality": quality.run,
-              "quantized": quantized.run}
+              "quantized": quantized.run, "source": quantized.run_source}
 
 
 def main(names: list[str]) -> None:

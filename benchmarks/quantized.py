@@ -13,6 +13,13 @@ and float32 to all three for the baseline. Per (recipe, format, runtime):
 ONNX runs at MatMulNBits' accuracy level 0 (float32 activations, the reference's arithmetic) and
 level 4 (int8 activations, onnxruntime's fast kernels).
 The whole text's quality per recipe (2,200 tokens, the JAX references) is `quality`.
+
+llama.cpp (llama-cpp-python, when installed: `pip install llama-cpp-python`, ~11 min to build
+on 2 cores) runs the checkpoint's own GGUF (Q4_K_M) in the same run, through the same decode
+path and timings: the peer both issue 7's int4 and issue 8's `source` recipe are held to. It
+quantizes activations, so its agreement is its own, not the file's float32 model's.
+
+`source` (issue 8): the GGUF's own grids in every format (`python -m benchmarks source`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,46 @@ EXPORTS = (("f32", ("stablehlo", "onnx", "litert"), 0),
            ("int8", ("onnx",), 4),
            ("int4", ("onnx",), 4),
            ("int4-cal", ("onnx",), 4))
+SOURCE_EXPORTS = (("source", ("stablehlo", "onnx", "litert"), 0),
+                  ("source", ("onnx",), 4))
 RUNTIMES = {"stablehlo": "stablehlo", "onnx": "onnxruntime", "litert": "litert"}
+
+
+class LlamaCpp:
+    """llama.cpp on a GGUF, behind the runner interface the timings and agreement use."""
+
+    def __init__(self, path: str, context: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=context, n_batch=512, n_threads=THREADS,
+                         n_threads_batch=THREADS, verbose=False)
+
+    def _last(self) -> np.ndarray:
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return self._last()
+
+    def decode(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return self._last()
+
+
+def _llama_cpp_row(path: str, ids: list[int], prompt: list[int], reference) -> dict:
+    """llama.cpp's row, or why there is none."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    runner = LlamaCpp(path, max(len(ids), len(prompt) + 40) + 8)
+    prefill, decode = time_generation(runner, prompt, 32, REPEATS)
+    row = {"bytes": Path(path).stat().st_size, **_agreement(runner, ids, reference),
+           "prefill_tokens_per_second_median": prefill,
+           "decode_tokens_per_second_median": decode, "version": llama_cpp.__version__}
+    del runner
+    return row
 
 
 def _format_bytes(root: Path, section: dict, fmt: str) -> int:
@@ -119,8 +165,16 @@ def run(exports: tuple = EXPORTS, name: str = "quantized") -> dict:
                 rows[f"{recipe} / {label} / {RUNTIMES[fmt]}"] = row
                 del runner
             del artifact
+        if model.checkpoint and model.checkpoint.endswith(".gguf"):
+            rows["GGUF (Q4_K_M) / llama.cpp"] = _llama_cpp_row(model.checkpoint, ids, prompt,
+                                                              reference)
     result = {"preset": "gemma3-270m", "weights": model.source, "text": TEXT.name,
               "prompt_tokens": len(prompt), "new_tokens": 32, "repeats": REPEATS,
               "threads": THREADS, "rows": rows}
     save(name, result)
     return result
+
+
+def run_source() -> dict:
+    """Issue 8's table: the `source` recipe per format and runtime, llama.cpp beside it."""
+    return run(SOURCE_EXPORTS, "source")

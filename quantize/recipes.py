@@ -96,10 +96,10 @@ def _spec(value, where: str) -> Spec:
         raise GemmaforgeError(f"{where}: a spec is \"f32\", \"fp16\", \"source\" or a table "
                               f"with bits, block, symmetric, zero_point, activations; got "
                               f"{value!r}")
-    keys = {"bits", "block", "symmetric", "zero_point", "activations"}
-    if set(value) - keys or "bits" not in value:
+    keys = ("bits", "block", "symmetric", "zero_point", "activations")
+    if set(value) - set(keys) or "bits" not in value:
         raise GemmaforgeError(f"{where}: a quantized spec needs bits and takes only "
-                              f"{', '.join(sorted(keys))} (got {sorted(value)})")
+                              f"{', '.join(keys)} (got {sorted(value)})")
     return QuantSpec(bits=value["bits"], block=value.get("block"),
                      symmetric=value.get("symmetric", True),
                      activations=value.get("activations"),

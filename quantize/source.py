@@ -213,9 +213,10 @@ def read_sources(checkpoint: str | os.PathLike | None, config, recipe_name: str)
 
     others = ", ".join(name for name in RECIPES if name != "source")
     if checkpoint is None or not os.fspath(checkpoint).endswith(".gguf"):
-        what = "random weights" if checkpoint is None else f"{checkpoint} (a float checkpoint)"
-        raise GemmaforgeError(f"recipe {recipe_name} keeps a quantized checkpoint's own grids "
-                              f"and {what} has none; use one of {others}, or load a GGUF")
+        what = ("the model has random weights" if checkpoint is None
+                else f"{checkpoint} is a float checkpoint")
+        raise GemmaforgeError(f"recipe {recipe_name} keeps a quantized checkpoint's own grids, "
+                              f"but {what}; use one of {others}, or load a quantized GGUF")
     from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
 
     return dict(GGUFCheckpoint(checkpoint).source_tensors(config))

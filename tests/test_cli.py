@@ -95,6 +95,10 @@ def test_sampling_is_seeded(capsys):
       "--onnx-accuracy-level", "2"), "must be 0 (float32 activations) or 4"),
     (("export", "tiny-gemma2", "--out", "never-written", "--quant", "int5"),
      "unknown recipe 'int5'"),
+    (("export", "tiny-gemma2", "--out", "never-written", "--to", "onnx", "--quant", "source"),
+     "keeps a quantized checkpoint's own grids, but the model has random weights; use one "
+     "of f32, fp16, int8"),
+    (("generate", "tiny-gemma2", "-p", "x", "--quant", "source"), "load a quantized GGUF"),
     (("zoo", "show", "nothing"), "unknown preset"),
 ])
 def test_user_errors_are_one_line(capsys, args, message, tmp_path, monkeypatch):

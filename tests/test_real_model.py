@@ -174,3 +174,44 @@ def test_quantized_artifacts_match_the_quantized_reference(tmp_path_factory, mod
                                                else [])
     report = validate_artifact(out, runtimes)
     assert report["passed"], report
+
+
+def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path_factory,
+                                                                        model):
+    """`source` on the real Q4_K_M file: every ONNX weight read back is the file's own
+    dequantization (the float32 model), and the artifact reproduces the float32 references'
+    logits and greedy continuations with weight-only execution (accuracy level 0)."""
+    from exporter import export
+    from model_zoo.quantized import IN_AXES
+    from model_zoo.tree import flatten, path_name
+    from quantize.spec import to_matrix
+    from runtimes.artifact import open_artifact
+    from runtimes.registry import make_runner
+    from runtimes.validate import validate_artifact
+    from tests.test_quantize import _onnx_initializers
+    from tests.test_source import ZERO_POINT_ULPS, _onnx_weight
+
+    out = tmp_path_factory.mktemp("export") / "gemma3-270m-source"
+    manifest = export(model, out, formats=("onnx",), quant="source")
+    tensors = manifest["quantization"]["tensors"]
+    assert all(spec["exact"] for spec in tensors.values())
+    assert {spec["source"] for spec in tensors.values()} == {"F32", "Q8_0", "Q5_0", "Q4_K",
+                                                             "Q6_K"}
+    stored, _ = _onnx_initializers(out)
+    for path, value in flatten(model.params):
+        name = path_name(path)
+        if "bits" not in tensors[name]:
+            continue
+        matrix = to_matrix(np.asarray(value), IN_AXES[path[-1]])
+        bound = (ZERO_POINT_ULPS * np.spacing(np.abs(matrix).max())
+                 if tensors[name].get("zero_point") == "float" else 0)
+        np.testing.assert_allclose(_onnx_weight(stored, name, *matrix.shape), matrix, rtol=0,
+                                   atol=bound, err_msg=name)
+    report = validate_artifact(out, ["onnxruntime"])
+    assert report["passed"], report
+    runner = make_runner("onnxruntime", open_artifact(out))
+    for name, prompt in REF_PROMPTS.items():
+        ref = np.load(require(REFS / f"{name}.npz"))
+        ids = model.tokenizer.encode(prompt)
+        assert np.abs(runner.prefill(ids) - ref["last_logits"]).max() <= REAL_MODEL_FLOAT32
+        assert generate(runner, ids, 32).generated_ids == ref["greedy"].tolist(), name

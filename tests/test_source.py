@@ -213,8 +213,8 @@ def test_source_needs_a_quantized_checkpoint(checkpoint, tmp_path, tiny_params):
     where = None if checkpoint is None else str(tmp_path / "model.safetensors")
     model = mz.LoadedModel(config, tiny_params("tiny-gemma3"), mz.ByteTokenizer(), "weights",
                            checkpoint is None, checkpoint=where)
-    with pytest.raises(GemmaforgeError, match="keeps a quantized checkpoint's own grids.*"
-                                              "int8, int8-dyn, int4"):
+    with pytest.raises(GemmaforgeError, match="keeps a quantized checkpoint's own grids, but "
+                                              ".*; use one of f32, fp16, int8, int8-dyn, int4"):
         export(model, tmp_path / "out", formats=("onnx",), quant="source")
     assert not (tmp_path / "out").exists()
 
