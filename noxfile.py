@@ -36,5 +36,5 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Speed and memory benchmarks; medians over several runs, written to out/bench/."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

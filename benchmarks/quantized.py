@@ -42,8 +42,10 @@ EXPORTS = (("f32", ("stablehlo", "onnx", "litert"), 0),
            ("int8", ("onnx",), 4),
            ("int4", ("onnx",), 4),
            ("int4-cal", ("onnx",), 4))
+# `source`, and int4 re-rounded from the same float32 model for contrast.
 SOURCE_EXPORTS = (("source", ("stablehlo", "onnx", "litert"), 0),
-                  ("source", ("onnx",), 4))
+                  ("source", ("onnx",), 4),
+                  ("int4", ("onnx",), 4))
 RUNTIMES = {"stablehlo": "stablehlo", "onnx": "onnxruntime", "litert": "litert"}
 
 
@@ -57,7 +59,10 @@ class LlamaCpp:
                          n_threads_batch=THREADS, verbose=False)
 
     def _last(self) -> np.ndarray:
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+        # The last position's logits, straight from the context (eval() keeps them only with
+        # logits_all, which would compute every position's).
+        logits = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),)).copy()
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
