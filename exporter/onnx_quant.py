@@ -11,11 +11,20 @@ scales (weights.safetensors), in the layout each profile's ops read:
             and multiplies (a 4-bit table is dequantized whole, then gathered).
 
 A per-channel weight goes into MatMulNBits with its one scale repeated over blocks of a power
-of two that divides K: the same numbers. Float zero points (a GGUF's offset grids, kept by the
-`source` recipe) go into 4-bit MatMulNBits as float32, which it takes as (q - zero) * scale; the
-8-bit kernel, GatherBlockQuantized and DequantizeLinear take integer zero points only, so such a
-weight is stored "dq" as uint8 values and dequantized by Cast, Sub and Mul: the reference's own
-arithmetic. Every layout holds the reference's values exactly:
+of two that divides K: the same numbers.
+
+Two layouts keep MatMulNBits on onnxruntime's fast kernels (`python -m benchmarks source`):
+  - Float zero points (a GGUF's offset grids, kept by the `source` recipe): MatMulNBits takes
+    them, but on a kernel ~10x slower. So the weight is split as scale * q - offset, offset =
+    scale * zero per block: MatMulNBits with zero points 0, minus the input's block sums times
+    the offsets ([K / block, N], a small MatMul).
+  - 8-bit at accuracy level 0, which has no fast kernel: the unsigned value u = q + 128 is
+    lo + 16 * hi, two 4-bit MatMulNBits (scale s with zero point 0, scale 16 s with zero point
+    8) whose sum is s * q; the lookup gathers both halves (exactly s * q: a float16-exact scale
+    times an 8-bit integer). Asymmetric 8-bit grids stay one 8-bit MatMulNBits.
+GatherBlockQuantized and DequantizeLinear take integer zero points only: a table, or a
+"standard" weight, with float zero points is stored "dq" as uint8 values and dequantized by Cast,
+Sub and Mul, the reference's own arithmetic. Every layout holds the reference's values exactly:
 (q - zero) * scale in float32, nothing re-rounded.
 
 MatMulNBits runs at accuracy level 0 by default (ACCURACY_LEVEL): float32 activations times the
@@ -66,6 +75,9 @@ class QuantizedWeight:
       block: inputs per scale in the stored layout (K itself for a per-channel "dq" weight).
       layout: "nbits" (MatMulNBits / GatherBlockQuantized) or "dq" (DequantizeLinear).
       values, scales, zeros: the stored tensors (zeros None for symmetric grids).
+      high: an 8-bit "nbits" weight split in two 4-bit halves: the high half's (values,
+        scales, zeros); `values` etc. are then the low half's.
+      offsets: [K / block', N] float32 subtracted as the input's block sums times them.
       accuracy_level: MatMulNBits' (see the module docstring).
     """
 
@@ -79,6 +91,8 @@ class QuantizedWeight:
     values: Const
     scales: Const
     zeros: Const | None
+    high: tuple[Const, Const, Const] | None = None
+    offsets: Const | None = None
     accuracy_level: int = ACCURACY_LEVEL
 
     def describe(self) -> str:
@@ -86,9 +100,11 @@ class QuantizedWeight:
         (a per-channel scale may be repeated over several MatMulNBits blocks)."""
         op = "MatMulNBits" if self.layout == "nbits" else "DequantizeLinear"
         grid = "per channel" if self.block == self.k else f"{self.block} inputs a scale"
-        zeros = ("" if self.zeros is None else ", float zero points"
+        zeros = ("" if self.zeros is None or self.high else ", float zero points"
                  if self.zeros.dtype == np.float32 else ", zero points")
-        return f"{op} {self.bits}-bit, {grid}{zeros}"
+        how = (" as two 4-bit halves" if self.high else
+               ", offsets by input block sums" if self.offsets is not None else "")
+        return f"{op} {self.bits}-bit{how}, {grid}{zeros}"
 
 
 class DataWriter:
@@ -132,30 +148,55 @@ def _nbits_block(k: int, block: int | None) -> int | None:
 
 
 def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
-              block: int) -> QuantizedWeight:
-    """[N, K / block, block * bits / 8] unsigned values, [N, K / block] scales (and zeros)."""
+              block: int, split: bool = False) -> QuantizedWeight:
+    """[N, K / block, block * bits / 8] unsigned values, [N, K / block] scales (and zeros);
+    float zero points become offsets, and with `split` a symmetric 8-bit weight two 4-bit
+    halves (see the module docstring)."""
     k, n = values.shape
     groups = k // block
+    float_zeros = zeros is not None and np.asarray(zeros).dtype == np.float32
     shift = 2 ** (bits - 1) if zeros is None else 0
     unsigned = (np.asarray(values).T.astype(np.int16) + shift).astype(np.uint8)  # [N, K]
     repeat = groups // scales.shape[0]  # > 1 for a per-channel scale spread over blocks
     scales_t = np.repeat(np.asarray(scales).T, repeat, axis=1)  # [N, K / block]
+
+    def add_scales(suffix: str, array) -> Const:
+        return writer.add(f"{name}.{suffix}", np.asarray(array, np.float32), (n, groups),
+                          np.float32)
+
+    def add_zeros(suffix: str, zeros_t, packed: bool = bits == 4) -> Const:
+        data = _pack4(zeros_t) if packed else zeros_t
+        return writer.add(f"{name}.{suffix}", data, data.shape, np.uint8)
+
+    offsets = high = None
+    if split and bits == 8 and zeros is None:
+        # u = lo + 16 * hi; s * (lo - 0) + 16 * s * (hi - 8) = s * (u - 128) = s * q
+        blob = block // 2
+        stored_values = writer.add(f"{name}.nbits", _pack4(unsigned & 0x0F), (n, groups, blob),
+                                   np.uint8)
+        stored_scales = add_scales("nbits_scales", scales_t)
+        stored_zeros = add_zeros("nbits_zeros", np.zeros((n, groups), np.uint8), True)
+        # The high half shares the scales and takes the default zero point 8; its product
+        # is multiplied by 16 (exact in float32).
+        high = (writer.add(f"{name}.nbits_high", _pack4(unsigned >> 4), (n, groups, blob),
+                           np.uint8), stored_scales, None)
+        return QuantizedWeight(name, in_axes(name), k, n, bits, block, "nbits", stored_values,
+                               stored_scales, stored_zeros, high=high)
     blob = block * bits // 8
     data = _pack4(unsigned) if bits == 4 else unsigned
     stored_values = writer.add(f"{name}.nbits", data, (n, groups, blob), np.uint8)
-    stored_scales = writer.add(f"{name}.nbits_scales", scales_t.astype(np.float32),
-                               (n, groups), np.float32)
+    stored_scales = add_scales("nbits_scales", scales_t)
     stored_zeros = None
-    if zeros is not None and np.asarray(zeros).dtype == np.float32:  # float zero points
-        zeros_t = np.repeat(np.asarray(zeros).T, repeat, axis=1)
-        stored_zeros = writer.add(f"{name}.nbits_zeros", zeros_t, (n * groups,), np.float32)
+    if float_zeros:  # s * (q - z) = s * q - s * z: zero points 0, and the offsets s * z
+        stored_zeros = add_zeros("nbits_zeros", np.zeros((n, groups), np.uint8))
+        offsets = writer.add(f"{name}.nbits_offsets",
+                             (np.asarray(scales, np.float32) * np.asarray(zeros, np.float32)),
+                             scales.shape, np.float32)
     elif zeros is not None:
-        zeros_t = np.repeat(np.asarray(zeros).T, repeat, axis=1).astype(np.uint8)
-        zeros_data = _pack4(zeros_t) if bits == 4 else zeros_t
-        stored_zeros = writer.add(f"{name}.nbits_zeros", zeros_data, zeros_data.shape,
-                                  np.uint8)
+        stored_zeros = add_zeros("nbits_zeros",
+                                 np.repeat(np.asarray(zeros).T, repeat, axis=1).astype(np.uint8))
     return QuantizedWeight(name, in_axes(name), k, n, bits, block, "nbits", stored_values,
-                           stored_scales, stored_zeros)
+                           stored_scales, stored_zeros, offsets=offsets)
 
 
 def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
@@ -222,7 +263,8 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
             if float_zeros and (bits == 8 or in_axes(name) < 0):
                 nbits_block = None
             if profile == "ort" and nbits_block is not None:
-                weight = _as_nbits(writer, name, values, scales, zeros, bits, nbits_block)
+                weight = _as_nbits(writer, name, values, scales, zeros, bits, nbits_block,
+                                   split=accuracy_level == 0)
             else:
                 weight = _as_dq(writer, name, values, scales, zeros, bits, block)
             weights[name] = dataclasses.replace(weight, accuracy_level=accuracy_level)
@@ -258,22 +300,45 @@ def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     if weight.layout == "dq":
         return ops.op("MatMul", [lhs, _dequantized(ops, weight)])
     groups = weight.k // weight.block
-    zeros = weight.zeros
-    if zeros is not None and not _float_zeros(weight):
-        zeros = zeros.reshaped((zeros.nbytes,))
-    return ops.op("MatMulNBits", [lhs, weight.values, weight.scales.reshaped(
-        (weight.n * groups,)), zeros], domain=MS_DOMAIN, K=weight.k, N=weight.n,
-        bits=weight.bits, block_size=weight.block, accuracy_level=weight.accuracy_level)
+    bits = 4 if weight.high else weight.bits
+
+    def nbits(values: Const, scales: Const, zeros: Const | None) -> str:
+        if zeros is not None:
+            zeros = zeros.reshaped((zeros.nbytes,))
+        return ops.op("MatMulNBits", [lhs, values, scales.reshaped((weight.n * groups,)),
+                                      zeros], domain=MS_DOMAIN, K=weight.k, N=weight.n,
+                      bits=bits, block_size=weight.block, accuracy_level=weight.accuracy_level)
+
+    out = nbits(weight.values, weight.scales, weight.zeros)
+    if weight.high:
+        high = ops.op("Mul", [nbits(*weight.high), ops.const(16.0, np.float32)])
+        out = ops.op("Add", [out, high])
+    if weight.offsets is not None:  # minus the input's block sums times the offsets
+        offset_groups = weight.offsets.shape[0]
+        shape = ops.op("Concat", [ops.op("Shape", [lhs], end=-1),
+                                  ops.ints([offset_groups, weight.k // offset_groups])], axis=0)
+        sums = ops.op("ReduceSum", [ops.op("Reshape", [lhs, shape]), ops.ints([-1])],
+                      keepdims=0)
+        out = ops.op("Sub", [out, ops.op("MatMul", [sums, weight.offsets])])
+    return out
 
 
 def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
     """Rows `ids` of the table [N, K] (stored as the LM head reads it: K = the hidden size
     contracted, N = the vocabulary) -> float32 [*ids, K]."""
     if table.layout == "nbits":
-        data = table.values.reshaped((table.n, table.k * table.bits // 8))
-        return ops.op("GatherBlockQuantized", [data, ids, table.scales, table.zeros],
-                      domain=MS_DOMAIN, bits=table.bits, block_size=table.block,
-                      gather_axis=0, quantize_axis=1)
+        bits = 4 if table.high else table.bits
+
+        def gathered(values: Const, scales: Const, zeros: Const | None) -> str:
+            data = values.reshaped((table.n, table.k * bits // 8))
+            return ops.op("GatherBlockQuantized", [data, ids, scales, zeros], domain=MS_DOMAIN,
+                          bits=bits, block_size=table.block, gather_axis=0, quantize_axis=1)
+
+        rows = gathered(table.values, table.scales, table.zeros)
+        if table.high:
+            high = ops.op("Mul", [gathered(*table.high), ops.const(16.0, np.float32)])
+            rows = ops.op("Add", [rows, high])
+        return rows
     flat_ids = ops.op("Reshape", [ids, ops.ints([-1])])
     rows_shape = ops.op("Concat", [ops.op("Shape", [ids]), ops.ints([table.k])], axis=0)
     if table.values.packed is not None:

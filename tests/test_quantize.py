@@ -253,7 +253,11 @@ def _stored_weight(tensors, name: str, bits: int, k: int, n: int):
 
     if f"{name}.nbits" in tensors:  # MatMulNBits: unsigned [N, K/block, blob], zero point 2^(b-1)
         proto, raw = tensors[f"{name}.nbits"]
-        unsigned = (_nibbles(raw, n * k) if bits == 4 else np.frombuffer(raw, np.uint8))
+        if f"{name}.nbits_high" in tensors:  # 8-bit as two 4-bit halves: low + 16 * high
+            high = _nibbles(tensors[f"{name}.nbits_high"][1], n * k).astype(np.int16)
+            unsigned = _nibbles(raw, n * k).astype(np.int16) + 16 * high
+        else:
+            unsigned = (_nibbles(raw, n * k) if bits == 4 else np.frombuffer(raw, np.uint8))
         values = (unsigned.astype(np.int16).reshape(n, k) - 2 ** (bits - 1)).T
         # MatMulNBits reads the scales flattened (an initializer named for its shape),
         # GatherBlockQuantized as [N, K / block]: the same bytes.

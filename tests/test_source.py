@@ -123,17 +123,34 @@ def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
         return next(data for stored, (_, data) in tensors.items()
                     if stored == key or stored.startswith(key + "."))
 
-    if f"{name}.nbits" in tensors:  # [N, K / block, blob], scales / zeros [N, K / block]
-        proto, data = tensors[f"{name}.nbits"]
-        bits = 4 if proto.dims[2] * 2 == k // proto.dims[1] else 8
-        q = (_nibbles(data, n * k) if bits == 4 else np.frombuffer(data, np.uint8))
-        q = q.astype(np.float32).reshape(n, proto.dims[1], -1)
-        scales = np.frombuffer(raw(f"{name}.nbits_scales"), np.float32).reshape(n, -1)
-        if any(key.startswith(f"{name}.nbits_zeros") for key in tensors):
-            zeros = np.frombuffer(raw(f"{name}.nbits_zeros"), np.float32).reshape(n, -1)
-        else:
-            zeros = np.full_like(scales, 2 ** (bits - 1))
-        return ((q - zeros[..., None]) * scales[..., None]).reshape(n, k).T
+    def has(key):
+        return any(stored == key or stored.startswith(key + ".") for stored in tensors)
+
+    def nbits(prefix: str) -> np.ndarray:  # [N, K / block, blob] -> (q - zero) * scale [N, K]
+        proto, data = tensors[prefix]
+        groups, blob = proto.dims[1], proto.dims[2]
+        bits = 4 if blob * 2 == k // groups else 8
+        q = _nibbles(data, n * k) if bits == 4 else np.frombuffer(data, np.uint8)
+        q = q.astype(np.float32).reshape(n, groups, -1)
+        scales = np.frombuffer(raw(f"{prefix}_scales"), np.float32).reshape(n, groups)
+        zeros = np.full((n, groups), 2.0 ** (bits - 1), np.float32)
+        if has(f"{prefix}_zeros"):
+            packed = np.frombuffer(raw(f"{prefix}_zeros"), np.uint8).reshape(n, -1)
+            zeros = (np.stack([packed & 0x0F, packed >> 4], -1).reshape(n, -1)[:, :groups]
+                     if bits == 4 else packed).astype(np.float32)
+        return ((q - zeros[..., None]) * scales[..., None]).reshape(n, k)
+
+    if f"{name}.nbits" in tensors:
+        weight = nbits(f"{name}.nbits")
+        if f"{name}.nbits_high" in tensors:  # 8-bit as two 4-bit halves, the high one x16
+            proto, data = tensors[f"{name}.nbits_high"]
+            high = _nibbles(data, n * k).astype(np.float32).reshape(n, proto.dims[1], -1) - 8
+            scales = np.frombuffer(raw(f"{name}.nbits_scales"), np.float32).reshape(n, -1)
+            weight = weight + 16 * (high * scales[..., None]).reshape(n, k)
+        if has(f"{name}.nbits_offsets"):  # minus scale * zero, per block of inputs
+            offsets = np.frombuffer(raw(f"{name}.nbits_offsets"), np.float32).reshape(-1, n)
+            weight = weight - np.repeat(offsets, k // offsets.shape[0], axis=0).T
+        return weight.T
     import onnx
 
     proto, data = tensors[f"{name}.values"]
