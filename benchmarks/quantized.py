@@ -42,9 +42,12 @@ EXPORTS = (("f32", ("stablehlo", "onnx", "litert"), 0),
            ("int8", ("onnx",), 4),
            ("int4", ("onnx",), 4),
            ("int4-cal", ("onnx",), 4))
-# `source`, and int4 re-rounded from the same float32 model for contrast.
+# `source`, and the recipes that round the same float32 model again, for contrast.
 SOURCE_EXPORTS = (("source", ("stablehlo", "onnx", "litert"), 0),
                   ("source", ("onnx",), 4),
+                  ("int8", ("onnx",), 0),
+                  ("int4", ("onnx",), 0),
+                  ("int4-cal", ("onnx",), 0),
                   ("int4", ("onnx",), 4))
 RUNTIMES = {"stablehlo": "stablehlo", "onnx": "onnxruntime", "litert": "litert"}
 
