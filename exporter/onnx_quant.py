@@ -29,12 +29,13 @@ Sub and Mul, the reference's own arithmetic. Every layout holds the reference's 
 
 MatMulNBits runs at accuracy level 0 by default (ACCURACY_LEVEL): float32 activations times the
 dequantized weights, the quantized reference's own arithmetic, validated to float32 tolerances.
-onnxruntime 1.32's CPU kernels for it are slow, though (gemma3-270m int8 decodes at 1.5 tok/s;
-`python -m benchmarks quantized`): `accuracy_level=4` quantizes the activations to int8 per block
-and runs its integer kernels (49 tok/s), a few percent of the largest logit from the reference
-(validated to INT8_ACTIVATIONS tolerances). The same choice holds for the standard profile,
-whose DequantizeLinear + MatMul onnxruntime fuses into MatMulNBits: `session_config`, recorded in
-the manifest and in genai_config.json, keeps that fusion at the chosen level.
+onnxruntime 1.32's CPU kernels for it are slower, though (gemma3-270m int8 decodes at 14.6
+tok/s with the split below; `python -m benchmarks source`): `accuracy_level=4` quantizes the
+activations to int8 per block and runs its integer kernels (49 tok/s, `quantized`), a few
+percent of the largest logit from the reference (validated to INT8_ACTIVATIONS tolerances).
+The same choice holds for the standard profile, whose DequantizeLinear + MatMul onnxruntime
+fuses into MatMulNBits: `session_config`, recorded in the manifest and in genai_config.json,
+keeps that fusion at the chosen level.
 """
 
 from __future__ import annotations

@@ -168,6 +168,25 @@ def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
     return (groups * scales[:, None, :]).reshape(k, n)
 
 
+def _tflite_float_buffers(path) -> set[bytes]:
+    """The bytes of every float32 constant tensor of a .tflite."""
+    import litert_converter.schema_py_generated as schema
+
+    from exporter.tflite_weights import buffer_region
+
+    data = path.read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    found = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            offset, size = buffer_region(model.Buffers(tensor.Buffer()))
+            if size and tensor.Type() == schema.TensorType.FLOAT32:
+                found.add(data[offset:offset + size])
+    return found
+
+
 @pytest.mark.parametrize("profile", ["ort", "standard"])
 def test_every_format_stores_the_files_grids_and_matches_float32(profile, kq_gguf, tmp_path):
     from tests.test_quantize import _onnx_initializers
@@ -211,6 +230,17 @@ def test_every_format_stores_the_files_grids_and_matches_float32(profile, kq_ggu
         assert not floats_stored, floats_stored
         litert = manifest["formats"]["litert"]["quantization"]
         assert litert["quantized_tensors"] == 0 and "float32" in litert["scheme"]
+        # LiteRT's float32 tensors: each matrix is the reference's dequantization, bit for bit
+        # (as FULLY_CONNECTED stores it, [out, in], or the table's [V, D]).
+        stored_floats = _tflite_float_buffers(out / "litert" / "model.tflite")
+        _, quantized = quantize.quantize_params(params, "source", config=KQ,
+                                                checkpoint=str(path))
+        for name, value in quantized.items():
+            if isinstance(value, quantize.QuantizedTensor):
+                ours = quantize.dequantize(value)
+                matrix = to_matrix(ours, value.in_axes)
+                layouts = {ours.tobytes(), np.ascontiguousarray(matrix.T).tobytes()}
+                assert layouts & stored_floats, f"{name} is not stored as the reference's"
 
     # Weight-only execution: every runtime matches the quantized reference, which is the
     # float32 model of the file.
