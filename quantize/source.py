@@ -19,8 +19,9 @@ dequantization (q - zero) * scale is the file's own:
 Any other type (Q2_K, Q3_K, Q5_K, the IQ types...) is held as its float32 dequantization:
 exact, and marked so, never re-rounded. Scales are float32 products of a float16 and a small
 integer, so they hold the file's scales exactly. A grid with an offset (w = s*q - m) is stored
-with a float zero point z = m / s, the form ONNX Runtime's MatMulNBits takes; s*(q - z) differs
-from s*q - m only by float32 rounding of that division (a few ulp of the weight). A block with
+with a float zero point z = m / s (the reference computes s*(q - z); ONNX runs it as s*q minus
+the offsets s*z, `exporter.onnx_quant`), which differs from s*q - m only by float32 rounding of
+that division (a few ulp of the weight). A block with
 s = 0 holds -m everywhere, which q = 0, scale m, zero 1 hold exactly. A file whose scales are not
 finite falls back to float32.
 """
