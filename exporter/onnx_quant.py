@@ -18,14 +18,16 @@ Two layouts keep MatMulNBits on onnxruntime's fast kernels (`python -m benchmark
     them, but on a kernel ~10x slower. So the weight is split as scale * q - offset, offset =
     scale * zero per block: MatMulNBits with zero points 0, minus the input's block sums times
     the offsets ([K / block, N], a small MatMul).
-  - 8-bit at accuracy level 0, which has no fast kernel: the unsigned value u = q + 128 is
-    lo + 16 * hi, two 4-bit MatMulNBits (scale s with zero point 0, scale 16 s with zero point
-    8) whose sum is s * q; the lookup gathers both halves (exactly s * q: a float16-exact scale
-    times an 8-bit integer). Asymmetric 8-bit grids stay one 8-bit MatMulNBits.
-GatherBlockQuantized and DequantizeLinear take integer zero points only: a table, or a
-"standard" weight, with float zero points is stored "dq" as uint8 values and dequantized by Cast,
-Sub and Mul, the reference's own arithmetic. Every layout holds the reference's values exactly:
-(q - zero) * scale in float32, nothing re-rounded.
+  - Symmetric 8-bit at accuracy level 0, which has no fast kernel: the unsigned value
+    u = q + 128 is lo + 16 * hi, two 4-bit MatMulNBits sharing the scales s (zero points 0 and
+    the default 8), the second times 16: s * (lo + 16 * (hi - 8)) = s * q. The lookup gathers
+    both halves the same way (exactly s * q: each term and the sum are a float16-exact scale
+    times a small integer). Asymmetric 8-bit grids stay one 8-bit MatMulNBits.
+GatherBlockQuantized and DequantizeLinear take integer zero points only: a table, an 8-bit
+weight or a "standard" weight with float zero points is stored "dq" as uint8 values and
+dequantized by Cast, Sub and Mul, the reference's own arithmetic. Every layout holds the
+reference's integers and scales, nothing re-rounded; (q - zero) * scale is computed as the
+reference does, except the offsets above (scale * zero, one float32 rounding).
 
 MatMulNBits runs at accuracy level 0 by default (ACCURACY_LEVEL): float32 activations times the
 dequantized weights, the quantized reference's own arithmetic, validated to float32 tolerances.
@@ -76,8 +78,8 @@ class QuantizedWeight:
       block: inputs per scale in the stored layout (K itself for a per-channel "dq" weight).
       layout: "nbits" (MatMulNBits / GatherBlockQuantized) or "dq" (DequantizeLinear).
       values, scales, zeros: the stored tensors (zeros None for symmetric grids).
-      high: an 8-bit "nbits" weight split in two 4-bit halves: the high half's (values,
-        scales, zeros); `values` etc. are then the low half's.
+      high: the high 4-bit half of an 8-bit "nbits" weight split in two (read with `scales`,
+        the default zero point 8, times 16); `values` and `zeros` are then the low half's.
       offsets: [K / block', N] float32 subtracted as the input's block sums times them.
       accuracy_level: MatMulNBits' (see the module docstring).
     """
@@ -92,7 +94,7 @@ class QuantizedWeight:
     values: Const
     scales: Const
     zeros: Const | None
-    high: tuple[Const, Const, Const] | None = None
+    high: Const | None = None
     offsets: Const | None = None
     accuracy_level: int = ACCURACY_LEVEL
 
@@ -101,9 +103,10 @@ class QuantizedWeight:
         (a per-channel scale may be repeated over several MatMulNBits blocks)."""
         op = "MatMulNBits" if self.layout == "nbits" else "DequantizeLinear"
         grid = "per channel" if self.block == self.k else f"{self.block} inputs a scale"
-        zeros = ("" if self.zeros is None or self.high else ", float zero points"
-                 if self.zeros.dtype == np.float32 else ", zero points")
-        how = (" as two 4-bit halves" if self.high else
+        split = self.high is not None
+        zeros = ("" if self.zeros is None or split or self.offsets is not None
+                 else ", float zero points" if self.zeros.dtype == np.float32 else ", zero points")
+        how = (" as two 4-bit halves" if split else
                ", offsets by input block sums" if self.offsets is not None else "")
         return f"{op} {self.bits}-bit{how}, {grid}{zeros}"
 
@@ -169,7 +172,7 @@ def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
         data = _pack4(zeros_t) if packed else zeros_t
         return writer.add(f"{name}.{suffix}", data, data.shape, np.uint8)
 
-    offsets = high = None
+    offsets = None
     if split and bits == 8 and zeros is None:
         # u = lo + 16 * hi; s * (lo - 0) + 16 * s * (hi - 8) = s * (u - 128) = s * q
         blob = block // 2
@@ -179,8 +182,8 @@ def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
         stored_zeros = add_zeros("nbits_zeros", np.zeros((n, groups), np.uint8), True)
         # The high half shares the scales and takes the default zero point 8; its product
         # is multiplied by 16 (exact in float32).
-        high = (writer.add(f"{name}.nbits_high", _pack4(unsigned >> 4), (n, groups, blob),
-                           np.uint8), stored_scales, None)
+        high = writer.add(f"{name}.nbits_high", _pack4(unsigned >> 4), (n, groups, blob),
+                          np.uint8)
         return QuantizedWeight(name, in_axes(name), k, n, bits, block, "nbits", stored_values,
                                stored_scales, stored_zeros, high=high)
     blob = block * bits // 8
@@ -259,7 +262,8 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
                                       f"{list(values.shape)}, not a matrix of "
                                       f"{list(spec.shape)}")
             nbits_block = _nbits_block(values.shape[0], block)
-            # MatMulNBits takes float zero points at 4 bits only; GatherBlockQuantized never
+            # Float zero points run as offsets on 4-bit MatMulNBits only; GatherBlockQuantized
+            # takes integer zero points
             float_zeros = described.get("zero_point") == "float"
             if float_zeros and (bits == 8 or in_axes(name) < 0):
                 nbits_block = None
@@ -301,7 +305,7 @@ def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     if weight.layout == "dq":
         return ops.op("MatMul", [lhs, _dequantized(ops, weight)])
     groups = weight.k // weight.block
-    bits = 4 if weight.high else weight.bits
+    bits = 4 if weight.high is not None else weight.bits
 
     def nbits(values: Const, scales: Const, zeros: Const | None) -> str:
         if zeros is not None:
@@ -311,8 +315,9 @@ def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
                       bits=bits, block_size=weight.block, accuracy_level=weight.accuracy_level)
 
     out = nbits(weight.values, weight.scales, weight.zeros)
-    if weight.high:
-        high = ops.op("Mul", [nbits(*weight.high), ops.const(16.0, np.float32)])
+    if weight.high is not None:
+        high = ops.op("Mul", [nbits(weight.high, weight.scales, None),
+                              ops.const(16.0, np.float32)])
         out = ops.op("Add", [out, high])
     if weight.offsets is not None:  # minus the input's block sums times the offsets
         offset_groups = weight.offsets.shape[0]
@@ -328,7 +333,7 @@ def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
     """Rows `ids` of the table [N, K] (stored as the LM head reads it: K = the hidden size
     contracted, N = the vocabulary) -> float32 [*ids, K]."""
     if table.layout == "nbits":
-        bits = 4 if table.high else table.bits
+        bits = 4 if table.high is not None else table.bits
 
         def gathered(values: Const, scales: Const, zeros: Const | None) -> str:
             data = values.reshaped((table.n, table.k * bits // 8))
@@ -336,8 +341,9 @@ def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
                           bits=bits, block_size=table.block, gather_axis=0, quantize_axis=1)
 
         rows = gathered(table.values, table.scales, table.zeros)
-        if table.high:
-            high = ops.op("Mul", [gathered(*table.high), ops.const(16.0, np.float32)])
+        if table.high is not None:
+            high = ops.op("Mul", [gathered(table.high, table.scales, None),
+                                  ops.const(16.0, np.float32)])
             rows = ops.op("Add", [rows, high])
         return rows
     flat_ids = ops.op("Reshape", [ids, ops.ints([-1])])

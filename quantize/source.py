@@ -179,31 +179,32 @@ def decode(raw: np.ndarray, qtype: T, rows: int, columns: int):
     return values, scales, zeros, spec
 
 
-def source_tensor(name: str, raw: np.ndarray, qtype: T, shape: tuple[int, ...],
-                  in_axes: int | None, ours) -> SourceTensor:
-    """One file tensor (`shape` the file's [out, in] or vector shape) in our layout.
-    `ours(array)` converts a float array of the file's shape to ours; `in_axes` is None for a
-    tensor the recipe keeps float (vectors)."""
+def source_tensor(raw: np.ndarray, qtype: T, shape: tuple[int, ...], in_axes: int,
+                  our_shape: tuple[int, ...], ours) -> SourceTensor:
+    """One file matrix (`shape` the file's [out, in]) as ours: `our_shape`, whose first
+    `in_axes` (> 0) or last (< 0) axes are the inputs; `ours(array)` converts a float array of
+    the file's shape to our layout."""
     source = qtype.name
-    if qtype in FLOATS or in_axes is None or qtype not in GRIDS:
+
+    def as_float(dtype, note: str = "") -> SourceTensor:
         dense = gguf.quants.dequantize(np.asarray(raw), qtype).reshape(shape)
-        keep = FLOATS.get(qtype, np.float32) if in_axes is not None else np.float32
-        note = "" if qtype in FLOATS or in_axes is None else (
-            f"{source} has no integer grid gemmaforge stores; held as float32")
-        return SourceTensor(np.asarray(ours(dense), keep), source, True, note)
+        return SourceTensor(np.asarray(ours(dense), dtype), source, True, note)
+
+    if qtype in FLOATS:
+        return as_float(FLOATS[qtype])
+    if qtype not in GRIDS:
+        return as_float(np.float32, f"{source} has no integer grid gemmaforge stores; held as "
+                                    "float32")
     rows, columns = int(np.prod(shape[:-1])), shape[-1]
     values, scales, zeros, spec = decode(raw, qtype, rows, columns)
     if not np.all(np.isfinite(scales)) or (zeros is not None and
                                            not np.all(np.isfinite(zeros))):
-        dense = gguf.quants.dequantize(np.asarray(raw), qtype).reshape(shape)
-        return SourceTensor(np.asarray(ours(dense), np.float32), source, True,
-                            "scales that are not finite; held as float32")
+        return as_float(np.float32, "scales that are not finite; held as float32")
     # The file's rows are our outputs, its columns (blocked) our inputs: [in, out] is the
-    # transpose; `ours` on a probe of the shape tells how the outputs are ordered in our
-    # layout (for every Gemma matrix it is the file's row order).
+    # transpose (every Gemma matrix keeps the file's row order in its output axes).
     tensor = QuantizedTensor(np.ascontiguousarray(values.T), np.ascontiguousarray(scales.T),
                              None if zeros is None else np.ascontiguousarray(zeros.T), spec,
-                             tuple(ours(np.empty(shape, np.float32)).shape), in_axes)
+                             tuple(our_shape), in_axes)
     return SourceTensor(tensor, source, True)
 
 

@@ -75,8 +75,7 @@ def test_each_grid_decodes_to_the_files_own_dequantization(qtype):
 
 def test_a_type_without_a_grid_is_held_as_float32_and_says_so():
     raw = random_blocks((8, 256), T.Q5_K)
-    held = source_tensor("layers.0.mlp.up_proj", raw.reshape(-1), T.Q5_K, (8, 256), 1,
-                         lambda w: w.T)
+    held = source_tensor(raw.reshape(-1), T.Q5_K, (8, 256), 1, (256, 8), lambda w: w.T)
     assert held.exact and held.value.dtype == np.float32 and "Q5_K" in held.note
     np.testing.assert_array_equal(held.value, gguf.quants.dequantize(raw, T.Q5_K).T)
 

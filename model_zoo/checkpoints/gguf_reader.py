@@ -121,10 +121,12 @@ class GGUFCheckpoint:
         """(dotted name, quantize.source.SourceTensor) for every parameter: the file's own
         integers and scales where gemmaforge stores its grid (the `source` recipe)."""
         from model_zoo.quantized import IN_AXES
-        from model_zoo.tree import path_name
+        from model_zoo.transformer import abstract_params
+        from model_zoo.tree import get_path, path_name
         from quantize.source import SourceTensor, source_tensor
 
         self.check_config(config)
+        shapes = abstract_params(config)
         table = hf_tensor_map(config)
         extra = [t.name for t in self.tensors if hf_name(t.name, config.family) not in table]
         if extra:
@@ -133,15 +135,16 @@ class GGUFCheckpoint:
             for tensor in self.tensors:
                 entry = table[hf_name(tensor.name, config.family)]
                 name = path_name(entry.path)
-                if entry.path[-1] == "scale" or entry.path[-1] not in IN_AXES:
+                if entry.path[-1] not in IN_AXES:  # vectors (norm scales) stay float32
                     value = self._read(file.fileno(), tensor, entry)
                     yield name, SourceTensor(value, tensor.qtype.name)
                     continue
                 raw = os.pread(file.fileno(), tensor.n_bytes, tensor.offset)
                 if len(raw) != tensor.n_bytes:
                     raise GemmaforgeError(f"{self.path} is truncated inside tensor {tensor.name}")
-                yield name, source_tensor(name, np.frombuffer(raw, np.uint8), tensor.qtype,
+                yield name, source_tensor(np.frombuffer(raw, np.uint8), tensor.qtype,
                                           tensor.shape, IN_AXES[entry.path[-1]],
+                                          get_path(shapes, entry.path).shape,
                                           lambda w, entry=entry: entry.to_ours(
                                               w.reshape(entry.hf_shape)))
 
