@@ -14,7 +14,8 @@ BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run
               "runtimes": runtimes.run, "litert": litert.run,
               "litert-convert": litert.run_convert, "onnx": onnx.run,
               "onnx-export": onnx.run_export, "quality": quality.run,
-              "quantized": quantized.run, "source": quantized.run_source}
+              "quantized": quantized.run, "source": quantized.run_source,
+              "quantized-litert": quantized.run_litert}
 
 
 def main(names: list[str]) -> None:

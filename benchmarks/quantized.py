@@ -49,7 +49,17 @@ SOURCE_EXPORTS = (("source", ("stablehlo", "onnx", "litert"), 0),
                   ("int4", ("onnx",), 0),
                   ("int4-cal", ("onnx",), 0),
                   ("int4", ("onnx",), 4))
+# LiteRT's quantized schemes (int8 weight-only; int8-dyn and int4, dynamic range), float32
+# beside them, and onnxruntime's int8-dyn and int8-activation int4 for contrast; each
+# .litertlm also on the LiteRT-LM engine.
+LITERT_EXPORTS = (("f32", ("litert",), 0),
+                  ("int8", ("litert",), 0),
+                  ("int8-dyn", ("litert", "onnx"), 0),
+                  ("int4", ("litert",), 0),
+                  ("int4-cal", ("litert",), 0),
+                  ("int4", ("onnx",), 4))
 RUNTIMES = {"stablehlo": "stablehlo", "onnx": "onnxruntime", "litert": "litert"}
+ENGINE_PREFILL, ENGINE_DECODE = 128, 64
 
 
 class LlamaCpp:
@@ -143,7 +153,10 @@ def _agreement(runner, ids: list[int], reference: np.ndarray) -> dict:
             "predictions": len(ids)}
 
 
-def run(exports: tuple = EXPORTS, name: str = "quantized") -> dict:
+def run(exports: tuple = EXPORTS, name: str = "quantized", engine: bool = False) -> dict:
+    """`engine`: time each LiteRT model on the LiteRT-LM engine too (its own benchmark: prefill
+    ENGINE_PREFILL tokens, decode ENGINE_DECODE)."""
+    from benchmarks.litert import engine_speed
     from exporter import export
     from model_zoo.loading import load
     from runtimes.artifact import open_artifact
@@ -172,6 +185,11 @@ def run(exports: tuple = EXPORTS, name: str = "quantized") -> dict:
                 label = f"{fmt} (accuracy level {level})" if fmt == "onnx" and level else fmt
                 rows[f"{recipe} / {label} / {RUNTIMES[fmt]}"] = row
                 del runner
+                if fmt == "litert" and engine:
+                    rows[f"{recipe} / litert / litert-lm"] = {
+                        "bytes": row["bytes"], **engine_speed(
+                            artifact, ENGINE_PREFILL, ENGINE_DECODE, REPEATS, THREADS,
+                            str(scratch))[0]}
             del artifact
         if model.checkpoint and model.checkpoint.endswith(".gguf"):
             rows["GGUF (Q4_K_M) / llama.cpp"] = _llama_cpp_row(model.checkpoint, ids, prompt,
@@ -179,6 +197,8 @@ def run(exports: tuple = EXPORTS, name: str = "quantized") -> dict:
     result = {"preset": "gemma3-270m", "weights": model.source, "text": TEXT.name,
               "prompt_tokens": len(prompt), "new_tokens": 32, "repeats": REPEATS,
               "threads": THREADS, "rows": rows}
+    if engine:
+        result |= {"engine_prefill_tokens": ENGINE_PREFILL, "engine_decode_tokens": ENGINE_DECODE}
     save(name, result)
     return result
 
@@ -186,3 +206,9 @@ def run(exports: tuple = EXPORTS, name: str = "quantized") -> dict:
 def run_source() -> dict:
     """Issue 8's table: the `source` recipe per format and runtime, llama.cpp beside it."""
     return run(SOURCE_EXPORTS, "source")
+
+
+def run_litert() -> dict:
+    """LiteRT's quantized models per runtime (the Interpreter and the LiteRT-LM engine), float32
+    and onnxruntime's int8-activation int4 beside them, llama.cpp when installed."""
+    return run(LITERT_EXPORTS, "quantized-litert", engine=True)

@@ -18,7 +18,7 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import default_max_len
 from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
-from quantize import get_recipe, quantize_params
+from quantize import get_recipe, model_config, quantize_params
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import PRIMARY, RUNTIMES, make_runner
@@ -109,12 +109,13 @@ def generate_command(
         raise GemmaforgeError("--quant runs the quantized reference unsharded: drop --mesh")
     model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
                  mesh=device_mesh)
-    params, weights = model.params, model.source
+    params, weights, config = model.params, model.source, model.config
     if recipe is not None:
         params, _ = quantize_params(params, recipe, config=model.config,
                                     tokenizer=model.tokenizer, checkpoint=model.checkpoint)
         weights = f"{weights}, quantized {recipe.name}"
-    runner = JaxRunner(model.config, params, max_len=max_len or default_max_len(model.config))
+        config = model_config(model.config, recipe)
+    runner = JaxRunner(config, params, max_len=max_len or default_max_len(config))
     result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
                            weights=weights, max_new_tokens=max_new_tokens,
                            sampler=sampler, chat=chat)

@@ -42,6 +42,7 @@ from exporter.onnx_lower import lower_jaxpr, prune, rename
 from exporter.onnx_quant import (
     ACCURACY_LEVEL,
     QuantizedWeight,
+    integer_activations,
     session_config,
     write_weights,
 )
@@ -252,12 +253,15 @@ def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profil
     holds integer values and scales), `accuracy_level` MatMulNBits' (exporter.onnx_quant)."""
     directory = root / DIRECTORY
     directory.mkdir()
+    traced = config
     if quantization is None:
         weights = weight_constants(weights_file, config)
     else:
         weights = write_weights(weights_file, directory / DATA, config,
                                 quantization["tensors"], profile, accuracy_level)
-    graph = lower_decoder(config, options, weights, profile)
+        if integer_activations(quantization["tensors"]):  # the matmuls round their inputs
+            traced = dataclasses.replace(config, activation_quant=None)
+    graph = lower_decoder(traced, options, weights, profile)
     section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes,
                            data_written=quantization is not None)
     entries = session_config(accuracy_level) if quantization is not None else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
 from exporter import onnx_quant
@@ -86,6 +87,14 @@ def arange(ops: Ops, ctx: Context, dim) -> str:
 
 def _not_equal(ops, ctx, eqn, inputs):
     return [ops.op("Not", [ops.op("Equal", inputs)])]
+
+
+def _round(ops, ctx, eqn, inputs):
+    """ONNX Round rounds halves to even, as jnp.round does; JAX's other method (away from
+    zero) has no one-op twin."""
+    if eqn.params["rounding_method"] != jax.lax.RoundingMethod.TO_NEAREST_EVEN:
+        raise NotImplementedError("round with halves away from zero")
+    return [ops.op("Round", inputs)]
 
 
 def _square(ops, ctx, eqn, inputs):
@@ -330,7 +339,7 @@ PRIMITIVES: dict[str, Callable] = {
     "neg": _direct("Neg"), "exp": _direct("Exp"), "log": _direct("Log"), "tanh": _direct("Tanh"),
     "sin": _direct("Sin"), "cos": _direct("Cos"), "sqrt": _direct("Sqrt"), "abs": _direct("Abs"),
     "erf": _direct("Erf"), "logistic": _direct("Sigmoid"), "floor": _direct("Floor"),
-    "square": _square, "rsqrt": _rsqrt, "integer_pow": _integer_pow,
+    "round": _round, "square": _square, "rsqrt": _rsqrt, "integer_pow": _integer_pow,
     "stop_gradient": _identity, "copy": _identity, "copy_p": _identity,
     "convert_element_type": _convert, "select_n": _select_n,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),

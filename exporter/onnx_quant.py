@@ -34,7 +34,8 @@ dequantized weights, the quantized reference's own arithmetic, validated to floa
 onnxruntime 1.32's CPU kernels for it are slower, though (gemma3-270m int8 decodes at 14.6
 tok/s with the split below; `python -m benchmarks source`): `accuracy_level=4` quantizes the
 activations to int8 per block and runs its integer kernels (49 tok/s, `quantized`), a few
-percent of the largest logit from the reference (validated to INT8_ACTIVATIONS tolerances).
+percent of the largest logit from the reference (validated to the activation-rounding tolerance,
+runtimes.tolerances).
 The same choice holds for the standard profile, whose DequantizeLinear + MatMul onnxruntime
 fuses into MatMulNBits: `session_config`, recorded in the manifest and in genai_config.json,
 keeps that fusion at the chosen level.
@@ -52,7 +53,8 @@ from exporter.onnx_graph import MS_DOMAIN, Const, Ops, Value
 from model_zoo.checkpoints.native import read_tensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import in_axes
+from model_zoo.layers import INT8_MAX
+from model_zoo.quantized import IN_AXES, in_axes
 
 ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations
 ACCURACY_LEVEL = 0
@@ -82,6 +84,9 @@ class QuantizedWeight:
         the default zero point 8, times 16); `values` and `zeros` are then the low half's.
       offsets: [K / block', N] float32 subtracted as the input's block sums times them.
       accuracy_level: MatMulNBits' (see the module docstring).
+      activations: "int8-dynamic" for an int8 per-channel weight read by MatMulInteger, its
+        input rounded to int8 per row in the graph (`integer_activations`); its values are
+        then stored as uint8 q + 128 (layout "dq", `_as_integer`).
     """
 
     name: str
@@ -97,10 +102,13 @@ class QuantizedWeight:
     high: Const | None = None
     offsets: Const | None = None
     accuracy_level: int = ACCURACY_LEVEL
+    activations: str | None = None
 
     def describe(self) -> str:
         """What the manifest records: the op, the bits and the inputs one stored scale covers
         (a per-channel scale may be repeated over several MatMulNBits blocks)."""
+        if self.activations is not None:
+            return "MatMulInteger int8, per channel, the input rounded to int8 per row"
         op = "MatMulNBits" if self.layout == "nbits" else "DequantizeLinear"
         grid = "per channel" if self.block == self.k else f"{self.block} inputs a scale"
         split = self.high is not None
@@ -234,6 +242,38 @@ def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
                            stored_scales, stored_zeros)
 
 
+# MatMulInteger's operands as uint8 q + 128 with zero points 128: onnxruntime's uint8 x uint8
+# kernel is exact and fast (the LM head of gemma3-270m: 11 ms a token on 2 threads), where int8
+# x int8 takes a reference loop (1.6 s) and uint8 x int8 saturates 16-bit pair sums.
+INTEGER_OFFSET = 128
+
+
+def _as_integer(writer: DataWriter, name: str, values, scales) -> QuantizedWeight:
+    """Values [K, N] as uint8 q + 128, scales [N] (one per channel)."""
+    k, n = values.shape
+    unsigned = (np.asarray(values).astype(np.int16) + INTEGER_OFFSET).astype(np.uint8)
+    stored_values = writer.add(f"{name}.values", unsigned, (k, n), np.uint8)
+    stored_scales = writer.add(f"{name}.scales", np.asarray(scales, np.float32).reshape(n),
+                               (n,), np.float32)
+    return QuantizedWeight(name, in_axes(name), k, n, 8, k, "dq", stored_values, stored_scales,
+                           None, activations="int8-dynamic")
+
+
+def _integer_spec(spec: dict) -> bool:
+    return (spec.get("activations") == "int8-dynamic" and spec.get("bits") == 8
+            and spec.get("block") is None and spec.get("symmetric", True))
+
+
+def integer_activations(tensors: dict[str, dict]) -> bool:
+    """Whether every matrix of the recipe takes dynamic int8 activations on an int8 per-channel
+    symmetric weight: then each quantized matmul is MatMulInteger on its input rounded to
+    int8 per row in the graph (the reference's ModelConfig.activation_quant, `_integer_matmul`),
+    and the decoder is traced with float activations. Otherwise the trace carries the
+    rounding and the weights lower as for weight-only recipes."""
+    matrices = [spec for name, spec in tensors.items() if name.rsplit(".", 1)[-1] in IN_AXES]
+    return bool(matrices) and all(_integer_spec(spec) for spec in matrices)
+
+
 def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
                   tensors: dict[str, dict], profile: str,
                   accuracy_level: int = ACCURACY_LEVEL) -> dict[str, Const | QuantizedWeight]:
@@ -243,6 +283,7 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
     from exporter.trace import weight_specs
 
     stored = read_tensors(weights_file, mapped=True)
+    integer = integer_activations(tensors)
     writer = DataWriter(data_file)
     weights: dict[str, Const | QuantizedWeight] = {}
     try:
@@ -267,7 +308,9 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
             float_zeros = described.get("zero_point") == "float"
             if float_zeros and (bits == 8 or in_axes(name) < 0):
                 nbits_block = None
-            if profile == "ort" and nbits_block is not None:
+            if integer:
+                weight = _as_integer(writer, name, values, scales)
+            elif profile == "ort" and nbits_block is not None:
                 weight = _as_nbits(writer, name, values, scales, zeros, bits, nbits_block,
                                    split=accuracy_level == 0)
             else:
@@ -300,8 +343,28 @@ def _dequantized(ops: Ops, weight: QuantizedWeight) -> str:
                   block_size=weight.block)
 
 
+def _integer_matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
+    """lhs [..., K] rounded to int8 per row as the reference rounds it
+    (`model_zoo.layers.round_activations`: s = max(max |x| / 127, tiny), q = round(x / s)),
+    times the int8 weight [K, N] in int32 (MatMulInteger, both offset by INTEGER_OFFSET),
+    then times s and the weight's per-channel scales."""
+    largest = ops.op("ReduceMax", [ops.op("Abs", [lhs]), ops.ints([-1])], keepdims=1)
+    scale = ops.op("Max", [ops.op("Div", [largest, ops.const(INT8_MAX, np.float32)]),
+                           ops.const(np.finfo(np.float32).tiny, np.float32)])
+    rounded = ops.op("Clip", [ops.op("Round", [ops.op("Div", [lhs, scale])]),
+                              ops.const(-INT8_MAX, np.float32), ops.const(INT8_MAX, np.float32)])
+    offset = ops.const(INTEGER_OFFSET, np.uint8)
+    unsigned = ops.op("Cast", [ops.op("Add", [rounded, ops.const(INTEGER_OFFSET, np.float32)])],
+                      to=TensorProto.UINT8)
+    product = ops.op("MatMulInteger", [unsigned, weight.values, offset, offset])
+    return ops.op("Mul", [ops.op("Mul", [ops.op("Cast", [product], to=TensorProto.FLOAT),
+                                         scale]), weight.scales])
+
+
 def matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     """lhs [..., K] times the weight [K, N] -> [..., N]."""
+    if weight.activations is not None:
+        return _integer_matmul(ops, lhs, weight)
     if weight.layout == "dq":
         return ops.op("MatMul", [lhs, _dequantized(ops, weight)])
     groups = weight.k // weight.block
@@ -360,6 +423,8 @@ def lookup(ops: Ops, table: QuantizedWeight, ids: Value) -> str:
                           to=TensorProto.FLOAT)
 
         columns = gathered(table.values, 1)  # [K, M]
+        if table.activations is not None:  # stored as q + 128 for MatMulInteger
+            columns = ops.op("Sub", [columns, ops.const(INTEGER_OFFSET, np.float32)])
         scales = ops.op("Gather", [table.scales, flat_ids], axis=axis)
         zeros = None if table.zeros is None else gathered(table.zeros, axis)
         if per_channel:  # one scale (and zero) per row of the table: [M]

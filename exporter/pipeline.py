@@ -84,8 +84,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
     recipe = quantize.get_recipe(quant) if quant is not None else None
-    if recipe is not None:
-        quantize.check_weight_only(recipe)
+    # The programs run under the recipe's activation rounding (ModelConfig.activation_quant).
+    config = model.config if recipe is None else quantize.model_config(model.config, recipe)
     if onnx_accuracy_level not in ACCURACY_LEVELS:
         raise GemmaforgeError(f"--onnx-accuracy-level must be 0 (float32 activations) or 4 "
                               f"(int8 activations), got {onnx_accuracy_level}")
@@ -119,7 +119,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         manifest = {
             "format_version": FORMAT_VERSION,
             "preset": model.config.name,
-            "config": config_to_dict(model.config),
+            "config": config_to_dict(config),
             "weights_source": model.source,
             "recipe": "f32" if recipe is None else recipe.name,
             "precision": "float32" if recipe is None else f"quantized {recipe.name}",
@@ -135,10 +135,10 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             del sources
         if "stablehlo" in formats:
             manifest["formats"]["stablehlo"] = write_stablehlo(
-                model.config, root, options, platforms=platforms, mesh=mesh, weights=stored)
+                config, root, options, platforms=platforms, mesh=mesh, weights=stored)
         if "onnx" in formats:
             manifest["formats"]["onnx"] = write_onnx(
-                model.config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,
+                config, root, options, profile=onnx_profile, weights_file=root / WEIGHTS,
                 tokenizer_file=root / TOKENIZER, tokenizer=manifest["tokenizer"],
                 quantization=manifest.get("quantization"), accuracy_level=onnx_accuracy_level)
         if "litert" in formats:
@@ -179,9 +179,10 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
 def _write_quantized_tflite(model: LoadedModel, directory: Path, options, quantized: dict,
                             tensors: dict, float_file: Path) -> dict:
     """The LiteRT model of a quantized artifact (see exporter.litert_quant): converted from the
-    dequantized weights, then quantized onto the recipe's grids."""
+    dequantized weights with float activations (`model.config`: the dynamic-range kernels
+    round them themselves), then quantized onto the recipe's grids."""
     config = model.config
-    quantizes = litert_quant.check_recipe(tensors) > 0
+    quantizes = litert_quant.check_recipe(tensors).scheme is not None
     try:
         write_safetensors(float_file, weight_specs(config),
                           ((name, quantize.dequantize(value)) for name, value in quantized.items()))
@@ -190,7 +191,8 @@ def _write_quantized_tflite(model: LoadedModel, directory: Path, options, quanti
     finally:
         float_file.unlink(missing_ok=True)
     if quantizes:
-        section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors)
+        section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors,
+                                                                quantized)
     else:
         section["quantization"] = litert_quant.FLOAT_HOLDER
     section["signatures"] = describe(directory / TFLITE)["signatures"]

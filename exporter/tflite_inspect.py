@@ -101,3 +101,68 @@ def quantized_weights(path: str | os.PathLike) -> dict[int, dict]:
                 "values": np.frombuffer(data, np.int8, size, offset).reshape(shape),
                 "scales": quantization.ScaleAsNumpy().astype(np.float32)}
     return found
+
+
+def pack_int4(values) -> bytes:
+    """int8 values in [-8, 7] as LiteRT stores INT4: two a byte, the first in the low nibble."""
+    import numpy as np
+
+    flat = np.asarray(values, np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    nibbles = flat.astype(np.uint8) & 0x0F
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_int4(data, count: int):
+    """`pack_int4` undone: `count` int8 values."""
+    import numpy as np
+
+    packed = np.frombuffer(data, np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:count]
+    return ((nibbles.astype(np.int8) ^ 8) - 8).astype(np.int8)
+
+
+def blockwise_weights(source) -> dict[int, dict]:
+    """The int4 blockwise constant tensors of every subgraph (what the LiteRT int4 export
+    stores: FULLY_CONNECTED filters [out, in]), once per buffer: name, shape, block, the values
+    (unpacked to int8), their float16 scales [out, in / block], and the byte regions of both in
+    the file. `source`: a path, or the flatbuffer's bytes."""
+    import numpy as np
+
+    from exporter.tflite_weights import buffer_region
+
+    if isinstance(source, (bytes, bytearray)):
+        data = source
+    else:
+        with open(source, "rb") as file:
+            data = file.read()
+    model = schema.Model.GetRootAs(data, 0)
+    found = {}
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            quantization = tensor.Quantization()
+            blockwise = schema.QuantizationDetails.BlockwiseQuantization
+            if (tensor.Type() != schema.TensorType.INT4 or quantization is None
+                    or quantization.DetailsType() != blockwise or tensor.Buffer() in found):
+                continue
+            details = schema.BlockwiseQuantization()
+            table = quantization.Details()
+            details.Init(table.Bytes, table.Pos)
+            scales = subgraph.Tensors(details.Scales())
+            shape = [int(d) for d in tensor.ShapeAsNumpy()]
+            scale_shape = [int(d) for d in scales.ShapeAsNumpy()]
+            values_region = buffer_region(model.Buffers(tensor.Buffer()))
+            scales_region = buffer_region(model.Buffers(scales.Buffer()))
+            count = int(np.prod(shape))
+            found[tensor.Buffer()] = {
+                "name": tensor.Name().decode(), "shape": shape, "block": details.BlockSize(),
+                "values": unpack_int4(bytes(data[values_region[0]:values_region[0] +
+                                                 values_region[1]]), count).reshape(shape),
+                "scales": np.frombuffer(bytes(data[scales_region[0]:scales_region[0] +
+                                                   scales_region[1]]),
+                                        np.float16).reshape(scale_shape),
+                "values_region": values_region, "scales_region": scales_region}
+    return found

@@ -40,6 +40,9 @@ class LayerSpec:
     rope_scale: float  # positions are divided by this before the rotation
 
 
+ACTIVATION_QUANT = (None, "int8-dynamic")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A Gemma decoder.
@@ -65,6 +68,9 @@ class ModelConfig:
       max_context: the context length the model was trained for.
       norm_eps: RMSNorm epsilon.
       bos_id / eos_id / pad_id: special token ids shared by every Gemma vocabulary.
+      activation_quant: None (float activations), or "int8-dynamic": every projection and the
+        LM head round their input to int8 per token first (symmetric, scale = max |x| / 127),
+        the arithmetic of a recipe with dynamic int8 activations (`quantize`).
     """
 
     name: str
@@ -92,6 +98,7 @@ class ModelConfig:
     bos_id: int = 2
     eos_id: int = 1
     pad_id: int = 0
+    activation_quant: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,6 +116,9 @@ class ModelConfig:
             problems.append("attention_pattern must name at least one attention type")
         if AttentionType.LOCAL in self.attention_pattern and not self.sliding_window:
             problems.append("a LOCAL attention layer needs sliding_window > 0")
+        if self.activation_quant not in ACTIVATION_QUANT:
+            problems.append(f"activation_quant must be one of {list(ACTIVATION_QUANT)}, got "
+                            f"{self.activation_quant!r}")
         if problems:
             raise GemmaforgeError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
 

@@ -48,6 +48,11 @@ class RMSNorm(nnx.Module):
         return composites.rms_norm(x, 1.0 + self.scale[...], epsilon=self.epsilon, fused=fused)
 
 
+# The LM head as the LiteRT converter gets it: the einsum names its FULLY_CONNECTED's output,
+# which exporter.litert_quant selects the head by.
+LM_HEAD_EQUATION = "BTD,VD->BTV"
+
+
 class Embedder(nnx.Module):
     """The tied embedding: token lookup scaled by sqrt(D), and the LM head."""
 
@@ -56,6 +61,7 @@ class Embedder(nnx.Module):
         self.embedding = _param(key, 0, (config.vocab_size, config.embed_dim),
                                 1.0 / math.sqrt(config.embed_dim), ("vocab", "embed"))
         self.embed_dim = config.embed_dim
+        self.activations = config.activation_quant
 
     def encode(self, tokens: jax.Array, *, fused: bool = False) -> jax.Array:
         """int [B, T] -> [B, T, D]; `fused`: the lookup as a composite (LiteRT only)."""
@@ -71,8 +77,9 @@ class Embedder(nnx.Module):
         turns into FULLY_CONNECTED, ~1.6x faster in XNNPACK than the batch matmul it makes of
         the other.
         """
+        x = round_activations(x, 1, self.activations)
         if not table_left:
-            return jnp.einsum("BTD,VD->BTV", x, self.embedding[...])
+            return jnp.einsum(LM_HEAD_EQUATION, x, self.embedding[...])
         logits = jax.lax.dot_general(self.embedding[...], x, (((1,), (2,)), ((), ())))
         # [V, B, T] -> [B, T, V]
         return jnp.transpose(logits, (1, 2, 0))
@@ -90,12 +97,31 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float, *,
 PROJECTION_INPUTS: list | None = None
 
 
-def project(role: str, equation: str, x: jax.Array, weight: jax.Array) -> jax.Array:
-    """jnp.einsum(equation, x, weight) for the projection `role` (q_proj, ..., down_proj)."""
+INT8_MAX = 127
+
+
+def round_activations(x: jax.Array, axes: int, mode: str | None) -> jax.Array:
+    """x with its last `axes` axes (one token's inputs to a matmul) on the int8 grid of that
+    token, for `mode` "int8-dynamic" (ModelConfig.activation_quant): q * s, s = max |x| / 127,
+    q = round(x / s). None: x as it is."""
+    if mode is None:
+        return x
+    reduced = tuple(range(x.ndim - axes, x.ndim))
+    # A token of zeros keeps its zeros on any positive scale: the smallest normal float32
+    # (XLA flushes subnormals to zero).
+    scale = jnp.maximum(jnp.max(jnp.abs(x), axis=reduced, keepdims=True) / INT8_MAX,
+                        jnp.finfo(jnp.float32).tiny)
+    return jnp.clip(jnp.round(x / scale), -INT8_MAX, INT8_MAX) * scale
+
+
+def project(role: str, equation: str, x: jax.Array, weight: jax.Array,
+            activations: str | None = None) -> jax.Array:
+    """jnp.einsum(equation, x, weight) for the projection `role` (q_proj, ..., down_proj),
+    its input rounded first as `activations` says (`round_activations`)."""
     if PROJECTION_INPUTS is not None:
         inputs = math.prod(weight.shape[:IN_AXES[role]])
         PROJECTION_INPUTS.append((role, np.asarray(x, np.float32).reshape(-1, inputs)))
-    return jnp.einsum(equation, x, weight)
+    return jnp.einsum(equation, round_activations(x, IN_AXES[role], activations), weight)
 
 
 class Attention(nnx.Module):
@@ -115,6 +141,7 @@ class Attention(nnx.Module):
         self.spec = spec
         self.scale = config.query_scale
         self.logit_cap = config.attn_logit_softcap
+        self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
                  *, fused: bool,
@@ -128,7 +155,7 @@ class Attention(nnx.Module):
         Returns:
           ([B, T, D], the updated (k, v)).
         """
-        q = project("q_proj", "BTD,DNH->BTNH", x, self.q_proj[...])
+        q = project("q_proj", "BTD,DNH->BTNH", x, self.q_proj[...], self.activations)
         if self.q_norm is not None:
             q = self.q_norm(q, fused=fused)
         q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -140,7 +167,7 @@ class Attention(nnx.Module):
         attended = composites.scaled_dot_product_attention(
             q, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3), mask,
             scale=self.scale, logit_cap=self.logit_cap, fused=fused)
-        out = project("o_proj", "BTNH,NHD->BTD", attended, self.o_proj[...])
+        out = project("o_proj", "BTNH,NHD->BTD", attended, self.o_proj[...], self.activations)
         return out, (k_cache, v_cache)
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
@@ -155,8 +182,8 @@ class Attention(nnx.Module):
         Returns:
           the updated (k, v).
         """
-        k = project("k_proj", "BTD,DKH->BTKH", x, self.k_proj[...])
-        v = project("v_proj", "BTD,DKH->BTKH", x, self.v_proj[...])
+        k = project("k_proj", "BTD,DKH->BTKH", x, self.k_proj[...], self.activations)
+        v = project("v_proj", "BTD,DKH->BTKH", x, self.v_proj[...], self.activations)
         if self.k_norm is not None:
             k = self.k_norm(k, fused=fused)
         k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -176,10 +203,12 @@ class FeedForward(nnx.Module):
         self.gate_proj = _param(key, 0, (d, f), 1.0 / math.sqrt(d), ("embed", "mlp"))
         self.up_proj = _param(key, 1, (d, f), 1.0 / math.sqrt(d), ("embed", "mlp"))
         self.down_proj = _param(key, 2, (f, d), 1.0 / math.sqrt(f), ("mlp", "embed"))
+        self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, D]."""
-        gate = jax.nn.gelu(project("gate_proj", "BTD,DF->BTF", x, self.gate_proj[...]),
-                           approximate=True)
-        up = project("up_proj", "BTD,DF->BTF", x, self.up_proj[...])
-        return project("down_proj", "BTF,FD->BTD", gate * up, self.down_proj[...])
+        gate = jax.nn.gelu(project("gate_proj", "BTD,DF->BTF", x, self.gate_proj[...],
+                                   self.activations), approximate=True)
+        up = project("up_proj", "BTD,DF->BTF", x, self.up_proj[...], self.activations)
+        return project("down_proj", "BTF,FD->BTD", gate * up, self.down_proj[...],
+                       self.activations)

@@ -7,10 +7,12 @@ from that one result, and the JAX reference runs its dequantization.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
 
+from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.quantized import QArray, in_axes
 from model_zoo.transformer import Params
@@ -19,8 +21,8 @@ from quantize.recipes import RECIPES, SOURCE, Recipe, get_recipe, load_recipe_fi
 from quantize.source import SourceTensor
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
 
-__all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "apply",
-           "calibrate", "check_weight_only", "dequantize", "get_recipe", "load_recipe_file",
+__all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "activation_quant",
+           "apply", "calibrate", "dequantize", "get_recipe", "load_recipe_file", "model_config",
            "quantize_params", "read_sources", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
@@ -133,22 +135,35 @@ def to_params(quantized: dict[str, Quantized]) -> Params:
     return tree
 
 
-def check_weight_only(recipe: Recipe) -> None:
-    """A clear error for a recipe with quantized activations: neither the JAX reference nor
-    the exports run them yet, and running its weights alone would not be that recipe."""
+def activation_quant(recipe: Recipe) -> str | None:
+    """How the model rounds activations under `recipe` (ModelConfig.activation_quant): None
+    for weight-only recipes, "int8-dynamic" when its quantized specs ask for dynamic int8
+    activations, which then apply to every projection and the LM head; a clear error for a
+    recipe that asks for them on some quantized matrices only."""
     specs = [spec for _, spec in recipe.rules] + [recipe.default]
-    if any(getattr(spec, "activations", None) for spec in specs):
-        raise GemmaforgeError(f"recipe {recipe.name} quantizes activations, which the JAX "
-                              "reference does not run yet; use a weight-only recipe (int8, int4)")
+    modes = {spec.activations for spec in specs if isinstance(spec, QuantSpec)}
+    if len(modes) > 1:
+        raise GemmaforgeError(f"recipe {recipe.name} quantizes activations for some matrices "
+                              "only; dynamic int8 activations apply to every projection and the "
+                              "LM head: give every quantized spec activations = "
+                              "\"int8-dynamic\", or none")
+    return modes.pop() if modes else None
+
+
+def model_config(config: ModelConfig, recipe: Recipe | str) -> ModelConfig:
+    """The config the quantized model runs under: `config` with the recipe's activation
+    rounding (`activation_quant`)."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    return dataclasses.replace(config, activation_quant=activation_quant(recipe))
 
 
 def quantize_params(params: Params, recipe: Recipe | str, *, config=None, tokenizer=None,
                     checkpoint=None) -> tuple[Params, dict[str, Quantized]]:
     """(the quantized parameter tree, the per-tensor quantized values) of float32 `params`;
     a calibrated recipe needs the model's `config` and `tokenizer` too, one that keeps the
-    checkpoint's grids the `checkpoint` path and `config`."""
+    checkpoint's grids the `checkpoint` path and `config`. The tree runs under
+    `model_config(config, recipe)`."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    check_weight_only(recipe)
     sources = read_sources(recipe, checkpoint, config)
     hessians = None
     if recipe.method != "rtn":

@@ -48,10 +48,19 @@ def artifact_tolerance(precision: str) -> tuple[float, float]:
     recipe = precision.removeprefix("quantized ")
     return QUANTIZED_TOLERANCES.get(recipe, max(QUANTIZED_TOLERANCES.values()))
 
-# A quantized ONNX model exported with accuracy level 4 (exporter.onnx_quant): onnxruntime rounds
-# the activations to int8 per block of inputs before every quantized matmul, which the
-# weight-only reference does not: another computation, held to (atol, rtol of max |logit|) and a
-# minimum share of top-1 agreement instead of every top-1. Measured on the tiny presets (random
-# weights, |logits| ~3, where near-ties flip): up to 4% of the largest logit and 50/51 top-1.
-INT8_ACTIVATIONS = (1e-3, 6e-2)
-INT8_ACTIVATIONS_MIN_TOP1 = 0.9
+# Models that round activations to int8: the int8-dyn recipe (every format; the reference does
+# too, per token: ModelConfig.activation_quant), ONNX exported with accuracy level 4
+# (onnxruntime rounds per block of inputs) and LiteRT int4 (XNNPACK's dynamic range, per row).
+# A value at a rounding boundary moves by a whole step when the float32 arithmetic before it
+# moves by an ulp, and every layer after it sees that: no logit bound holds, and on gemma3-270m,
+# whose tokens carry a few huge features, per-token steps are coarse for the rest. The int8-dyn
+# reference against itself (prefill against decode, the same weights, summation order only)
+# is KL 0.041 apart with 2.2 of max |logit error|; its artifacts, over the 51 validated
+# positions, KL mean 0.022 / max 0.21 and 48/51 top-1 (onnxruntime, the same rounding), KL mean
+# 0.037 / max 0.34 and 46/51 (LiteRT, XNNPACK's rounding); LiteRT int4 KL max 0.044, 50/51.
+# So these are judged over all of a runtime's positions together: mean KL(reference ||
+# artifact), the largest KL, and the share of top-1 agreement. A wrong weight layout or scale
+# puts KL in whole nats. The tiny-model tests hold the same-rounding formats much closer.
+ACTIVATION_ROUNDING_KL_MEAN = 0.1
+ACTIVATION_ROUNDING_KL_MAX = 1.0
+ACTIVATION_ROUNDING_MIN_TOP1 = 0.85
