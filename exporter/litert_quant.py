@@ -19,16 +19,20 @@ not parameters, so every projection takes the same one):
         ai-edge-quantizer lays the tensors out; then our values and our scales, rounded to
         bfloat16 (`stored_scales`), are written over its own (`write_blockwise`), since its
         re-rounding would move GPTQ's blocks, whose largest value need not reach 7. The LM
-        head (the int8 table) is dynamic int8 per channel; the lookup stays weight-only int8,
-        one tensor shared by both. Another computation than the weight-only reference:
-        validated to the activation-rounding tolerance (runtimes.tolerances), like ONNX at
-        accuracy level 4.
+        head (the int8 table) is dynamic int8 per channel, and the lookup reads that table.
+        Another computation than the weight-only reference: validated to the
+        activation-rounding tolerance (runtimes.tolerances), like ONNX at accuracy level 4.
 
 The tied table is one EMBEDDING_LOOKUP + LM-head tensor (`composites.embedding_lookup`),
-quantized once, int8 per channel in both schemes.
+quantized once, int8 per channel in every scheme. A dynamic-range model's lookup reads the int8
+rows itself, with no DEQUANTIZE: the Interpreter's XNNPACK delegate folds a DEQUANTIZE of a
+constant away, but the LiteRT-LM engine evidently runs it at every step (gemma3-270m int4
+decoded at 0.5 tok/s in the engine with a DEQUANTIZEd table, 31 without; weight-only int8,
+DEQUANTIZE everywhere, at 0.25 against 10.7 for float32: `python -m benchmarks
+quantized-litert`).
 
 The `source` recipe's grids (a GGUF's int8 / 4-bit blocks of 16 and 32, float zero points) are
-held by none of LiteRT's schemes exactly (int8 is per channel; blockwise scales are float16):
+held by none of LiteRT's schemes exactly (int8 is per channel; blockwise scales are bfloat16):
 those tensors stay float32, the nearest representation that holds them exactly (FLOAT_HOLDER,
 recorded in the manifest).
 
@@ -159,8 +163,11 @@ def _recipe(plan: Plan):
         manager.add_weight_only_config(regex=".*",
                                        operation_name=TFLOperationName.FULLY_CONNECTED,
                                        num_bits=8, granularity=QuantGranularity.CHANNELWISE)
-    manager.add_weight_only_config(regex=".*", operation_name=TFLOperationName.EMBEDDING_LOOKUP,
-                                   num_bits=8, granularity=QuantGranularity.CHANNELWISE)
+    # A dynamic plan's lookup reads the int8 table itself (no DEQUANTIZE, which the LiteRT-LM
+    # engine would run over the whole table at every step).
+    lookup = manager.add_dynamic_config if plan.dynamic else manager.add_weight_only_config
+    lookup(regex=".*", operation_name=TFLOperationName.EMBEDDING_LOOKUP, num_bits=8,
+           granularity=QuantGranularity.CHANNELWISE)
     return manager.get_quantization_recipe()
 
 
@@ -197,12 +204,12 @@ def quantize_tflite(path: Path, tensors: dict[str, dict], quantized: dict) -> di
     if plan.scheme == "int4":
         return {"tool": "ai-edge-quantizer", "scheme": f"dynamic-range int4 blocks of "
                 f"{plan.block} (scales: ours, rounded to bfloat16) for the projections, dynamic "
-                "int8 per channel for the LM head, weight-only int8 for the lookup",
+                "int8 per channel for the LM head, an int8 lookup of the same table",
                 "activations": RUN_TIME_ACTIVATIONS, "quantized_tensors": int8 + int4,
                 "quantizer_rounding": theirs}
     if plan.dynamic:
         return {"tool": "ai-edge-quantizer", "scheme": "dynamic-range int8 per channel for "
-                "every FULLY_CONNECTED, weight-only int8 for the lookup",
+                "every FULLY_CONNECTED, an int8 lookup of the same table",
                 "activations": RUN_TIME_ACTIVATIONS, "quantized_tensors": int8}
     return {"tool": "ai-edge-quantizer", "scheme": "weight-only int8 per channel, DEQUANTIZE "
             "then float32 FULLY_CONNECTED / EMBEDDING_LOOKUP", "quantized_tensors": int8}
@@ -221,7 +228,8 @@ def write_blockwise(data: bytearray, quantized: dict) -> dict:
     dequantization its own lies within half a step of. Returns how far ai-edge-quantizer's own
     numbers were from those: values that differed, and the largest relative difference of a
     scale from ours as stored (`stored_scales`)."""
-    from exporter.tflite_inspect import blockwise_weights, pack_int4
+    from exporter.tflite_inspect import blockwise_weights
+    from quantize.spec import pack4
 
     candidates: dict[tuple[int, int], list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for name, value in quantized.items():
@@ -251,7 +259,7 @@ def write_blockwise(data: bytearray, quantized: dict) -> dict:
         scale_difference = max(scale_difference, float(np.max(
             np.abs(tensor["scales"].astype(np.float32) - rounded) / rounded.astype(np.float32))))
         start, size = tensor["values_region"]
-        data[start:start + size] = pack_int4(values)
+        data[start:start + size] = pack4(values.reshape(-1)).tobytes()
         start, size = tensor["scales_region"]
         data[start:start + size] = rounded.tobytes()
     return {"values_differing": differing, "values": total,

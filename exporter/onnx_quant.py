@@ -55,6 +55,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import INT8_MAX
 from model_zoo.quantized import IN_AXES, in_axes
+from quantize.spec import pack4
 
 ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations
 ACCURACY_LEVEL = 0
@@ -144,15 +145,6 @@ class DataWriter:
         self._file.close()
 
 
-def _pack4(values: np.ndarray) -> np.ndarray:
-    """Two 4-bit values (0..15 as stored, any integer dtype) a byte along the last axis, the
-    first in the low nibble: [..., M] -> uint8 [..., ceil(M / 2)]."""
-    unsigned = values.astype(np.uint8) & 0x0F
-    if unsigned.shape[-1] % 2:
-        unsigned = np.concatenate([unsigned, np.zeros_like(unsigned[..., :1])], axis=-1)
-    return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
-
-
 def _nbits_block(k: int, block: int | None) -> int | None:
     if block is not None:
         return block
@@ -177,25 +169,25 @@ def _as_nbits(writer: DataWriter, name: str, values, scales, zeros, bits: int,
                           np.float32)
 
     def add_zeros(suffix: str, zeros_t, packed: bool = bits == 4) -> Const:
-        data = _pack4(zeros_t) if packed else zeros_t
+        data = pack4(zeros_t) if packed else zeros_t
         return writer.add(f"{name}.{suffix}", data, data.shape, np.uint8)
 
     offsets = None
     if split and bits == 8 and zeros is None:
         # u = lo + 16 * hi; s * (lo - 0) + 16 * s * (hi - 8) = s * (u - 128) = s * q
         blob = block // 2
-        stored_values = writer.add(f"{name}.nbits", _pack4(unsigned & 0x0F), (n, groups, blob),
+        stored_values = writer.add(f"{name}.nbits", pack4(unsigned & 0x0F), (n, groups, blob),
                                    np.uint8)
         stored_scales = add_scales("nbits_scales", scales_t)
         stored_zeros = add_zeros("nbits_zeros", np.zeros((n, groups), np.uint8), True)
         # The high half shares the scales and takes the default zero point 8; its product
         # is multiplied by 16 (exact in float32).
-        high = writer.add(f"{name}.nbits_high", _pack4(unsigned >> 4), (n, groups, blob),
+        high = writer.add(f"{name}.nbits_high", pack4(unsigned >> 4), (n, groups, blob),
                           np.uint8)
         return QuantizedWeight(name, in_axes(name), k, n, bits, block, "nbits", stored_values,
                                stored_scales, stored_zeros, high=high)
     blob = block * bits // 8
-    data = _pack4(unsigned) if bits == 4 else unsigned
+    data = pack4(unsigned) if bits == 4 else unsigned
     stored_values = writer.add(f"{name}.nbits", data, (n, groups, blob), np.uint8)
     stored_scales = add_scales("nbits_scales", scales_t)
     stored_zeros = None
@@ -226,7 +218,7 @@ def _as_dq(writer: DataWriter, name: str, values, scales, zeros, bits: int,
 
     def stored(suffix: str, array, shape) -> Const:
         array = np.asarray(array).astype(dtype)
-        data = _pack4(array.reshape(-1)) if packed else array
+        data = pack4(array.reshape(-1)) if packed else array
         return writer.add(f"{name}.{suffix}", data, shape, dtype, packed)
 
     stored_values = stored("values", values, (k, n))

@@ -86,36 +86,30 @@ def quantized_weights(path: str | os.PathLike) -> dict[int, dict]:
     with open(path, "rb") as file:
         data = file.read()
     model = schema.Model.GetRootAs(data, 0)
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            quantization = tensor.Quantization()
-            offset, size = buffer_region(model.Buffers(tensor.Buffer()))
-            if (quantization is None or not quantization.ScaleLength() or not size
-                    or tensor.Type() != schema.TensorType.INT8 or tensor.Buffer() in found):
-                continue
-            shape = [int(d) for d in tensor.ShapeAsNumpy()]
-            found[tensor.Buffer()] = {
-                "name": tensor.Name().decode(), "shape": shape,
-                "values": np.frombuffer(data, np.int8, size, offset).reshape(shape),
-                "scales": quantization.ScaleAsNumpy().astype(np.float32)}
+    for _, tensor in _all_tensors(model):
+        quantization = tensor.Quantization()
+        offset, size = buffer_region(model.Buffers(tensor.Buffer()))
+        if (quantization is None or not quantization.ScaleLength() or not size
+                or tensor.Type() != schema.TensorType.INT8 or tensor.Buffer() in found):
+            continue
+        shape = [int(d) for d in tensor.ShapeAsNumpy()]
+        found[tensor.Buffer()] = {
+            "name": tensor.Name().decode(), "shape": shape,
+            "values": np.frombuffer(data, np.int8, size, offset).reshape(shape),
+            "scales": quantization.ScaleAsNumpy().astype(np.float32)}
     return found
 
 
-def pack_int4(values) -> bytes:
-    """int8 values in [-8, 7] as LiteRT stores INT4: two a byte, the first in the low nibble."""
-    import numpy as np
-
-    flat = np.asarray(values, np.int8).reshape(-1)
-    if flat.size % 2:
-        flat = np.append(flat, np.int8(0))
-    nibbles = flat.astype(np.uint8) & 0x0F
-    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+def _all_tensors(model):
+    """(subgraph, tensor) for every tensor of every subgraph."""
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            yield subgraph, subgraph.Tensors(t)
 
 
 def unpack_int4(data, count: int):
-    """`pack_int4` undone: `count` int8 values."""
+    """`quantize.spec.pack4` undone: `count` signed int8 values."""
     import numpy as np
 
     packed = np.frombuffer(data, np.uint8)
@@ -138,31 +132,25 @@ def blockwise_weights(source) -> dict[int, dict]:
         with open(source, "rb") as file:
             data = file.read()
     model = schema.Model.GetRootAs(data, 0)
+    blockwise = schema.QuantizationDetails.BlockwiseQuantization
     found = {}
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            quantization = tensor.Quantization()
-            blockwise = schema.QuantizationDetails.BlockwiseQuantization
-            if (tensor.Type() != schema.TensorType.INT4 or quantization is None
-                    or quantization.DetailsType() != blockwise or tensor.Buffer() in found):
-                continue
-            details = schema.BlockwiseQuantization()
-            table = quantization.Details()
-            details.Init(table.Bytes, table.Pos)
-            scales = subgraph.Tensors(details.Scales())
-            shape = [int(d) for d in tensor.ShapeAsNumpy()]
-            scale_shape = [int(d) for d in scales.ShapeAsNumpy()]
-            values_region = buffer_region(model.Buffers(tensor.Buffer()))
-            scales_region = buffer_region(model.Buffers(scales.Buffer()))
-            count = int(np.prod(shape))
-            found[tensor.Buffer()] = {
-                "name": tensor.Name().decode(), "shape": shape, "block": details.BlockSize(),
-                "values": unpack_int4(bytes(data[values_region[0]:values_region[0] +
-                                                 values_region[1]]), count).reshape(shape),
-                "scales": np.frombuffer(bytes(data[scales_region[0]:scales_region[0] +
-                                                   scales_region[1]]),
-                                        np.float16).reshape(scale_shape),
-                "values_region": values_region, "scales_region": scales_region}
+    for subgraph, tensor in _all_tensors(model):
+        quantization = tensor.Quantization()
+        if (tensor.Type() != schema.TensorType.INT4 or quantization is None
+                or quantization.DetailsType() != blockwise or tensor.Buffer() in found):
+            continue
+        details = schema.BlockwiseQuantization()
+        table = quantization.Details()
+        details.Init(table.Bytes, table.Pos)
+        scales = subgraph.Tensors(details.Scales())
+        shape = [int(d) for d in tensor.ShapeAsNumpy()]
+        values_at, values_size = buffer_region(model.Buffers(tensor.Buffer()))
+        scales_at, scales_size = buffer_region(model.Buffers(scales.Buffer()))
+        found[tensor.Buffer()] = {
+            "name": tensor.Name().decode(), "shape": shape, "block": details.BlockSize(),
+            "values": unpack_int4(bytes(data[values_at:values_at + values_size]),
+                                  int(np.prod(shape))).reshape(shape),
+            "scales": np.frombuffer(bytes(data[scales_at:scales_at + scales_size]),
+                                    np.float16).reshape([int(d) for d in scales.ShapeAsNumpy()]),
+            "values_region": (values_at, values_size), "scales_region": (scales_at, scales_size)}
     return found

@@ -149,3 +149,13 @@ def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
     values = np.clip(np.round(shifted), spec.qmin, spec.qmax).astype(storage)
     values = values.reshape(inputs, outputs)
     return QuantizedTensor(values, scales, zeros, spec, tuple(weight.shape), in_axes)
+
+
+def pack4(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values (0..15 as stored, or signed -8..7, any integer dtype) a byte along the
+    last axis, the first in the low nibble, as ONNX and LiteRT both store INT4:
+    [..., M] -> uint8 [..., ceil(M / 2)]."""
+    unsigned = np.asarray(values).astype(np.uint8) & 0x0F
+    if unsigned.shape[-1] % 2:
+        unsigned = np.concatenate([unsigned, np.zeros_like(unsigned[..., :1])], axis=-1)
+    return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
