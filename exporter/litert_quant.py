@@ -112,10 +112,10 @@ def _scheme(name: str, spec: dict) -> tuple[str, int | None, bool] | None:
 def check_recipe(tensors: dict[str, dict]) -> Plan:
     """The LiteRT plan for the manifest's per-tensor specs; a clear error for any tensor it
     cannot hold, or projections that do not all take one scheme."""
-    from model_zoo.quantized import IN_AXES
+    from model_zoo.quantized import is_matrix
 
     schemes = {name: _scheme(name, spec) for name, spec in tensors.items()
-               if name.rsplit(".", 1)[-1] in IN_AXES}  # the matrices; vectors stay float32
+               if is_matrix(name)}  # vectors stay float32
     table = schemes.pop(TABLE, None)
     layers = set(schemes.values())
     if len(layers) > 1:
@@ -189,17 +189,16 @@ def quantize_tflite(path: Path, tensors: dict[str, dict], quantized: dict) -> di
     data = bytearray(result.quantized_model)
     del result, engine
     theirs = write_blockwise(data, quantized) if plan.scheme == "int4" else None
-    quantized_file = Path(f"{path}.quantized")
-    quantized_file.write_bytes(data)
-    del data
-    int8 = len(quantized_weights(quantized_file))
-    int4 = len(blockwise_weights(quantized_file)) if plan.scheme == "int4" else 0
+    int8 = len(quantized_weights(data))
+    int4 = len(blockwise_weights(data)) if plan.scheme == "int4" else 0
     # Every quantized matrix once (the table serves the lookup and the head), none float.
     if (int8, int4) != (plan.int8_tensors, plan.int4_tensors):
-        quantized_file.unlink()
         raise GemmaforgeError(f"ai-edge-quantizer stored {int8} int8 and {int4} int4 matrices "
                               f"where the recipe quantizes {plan.int8_tensors} and "
                               f"{plan.int4_tensors}; the LiteRT model would not be the recipe's")
+    quantized_file = Path(f"{path}.quantized")
+    quantized_file.write_bytes(data)
+    del data
     os.replace(quantized_file, path)
     if plan.scheme == "int4":
         return {"tool": "ai-edge-quantizer", "scheme": f"dynamic-range int4 blocks of "
@@ -223,7 +222,7 @@ def stored_scales(scales: np.ndarray) -> np.ndarray:
 
 
 def write_blockwise(data: bytearray, quantized: dict) -> dict:
-    """Writes our int4 values and float16-rounded scales over each blockwise tensor of the
+    """Writes our int4 values and bfloat16-rounded scales over each blockwise tensor of the
     flatbuffer `data`, found by what it holds: the one of our weights of its shape whose
     dequantization its own lies within half a step of. Returns how far ai-edge-quantizer's own
     numbers were from those: values that differed, and the largest relative difference of a

@@ -54,7 +54,7 @@ from model_zoo.checkpoints.native import read_tensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import INT8_MAX
-from model_zoo.quantized import IN_AXES, in_axes
+from model_zoo.quantized import in_axes, is_matrix
 from quantize.spec import pack4
 
 ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations
@@ -262,7 +262,7 @@ def integer_activations(tensors: dict[str, dict]) -> bool:
     int8 per row in the graph (the reference's ModelConfig.activation_quant, `_integer_matmul`),
     and the decoder is traced with float activations. Otherwise the trace carries the
     rounding and the weights lower as for weight-only recipes."""
-    matrices = [spec for name, spec in tensors.items() if name.rsplit(".", 1)[-1] in IN_AXES]
+    matrices = [spec for name, spec in tensors.items() if is_matrix(name)]
     return bool(matrices) and all(_integer_spec(spec) for spec in matrices)
 
 

@@ -74,17 +74,25 @@ def describe(path: str | os.PathLike) -> dict:
                 "buffers": model.BuffersLength(), "buffer_bytes": buffer_bytes}
 
 
-def quantized_weights(path: str | os.PathLike) -> dict[int, dict]:
+def _contents(source) -> bytes | bytearray:
+    """A flatbuffer's bytes: `source` itself, or the file at that path."""
+    if isinstance(source, (bytes, bytearray)):
+        return source
+    with open(source, "rb") as file:
+        return file.read()
+
+
+def quantized_weights(source) -> dict[int, dict]:
     """The int8 per-channel constant tensors of every subgraph (what the LiteRT export stores),
     once per buffer: name, shape (as stored: [out, in] for FULLY_CONNECTED, [rows, dim] for
-    EMBEDDING_LOOKUP), the values and their scales ([out], float32)."""
+    EMBEDDING_LOOKUP), the values and their scales ([out], float32). `source`: a path, or the
+    flatbuffer's bytes."""
     import numpy as np
 
     from exporter.tflite_weights import buffer_region
 
     found = {}
-    with open(path, "rb") as file:
-        data = file.read()
+    data = _contents(source)
     model = schema.Model.GetRootAs(data, 0)
     for _, tensor in _all_tensors(model):
         quantization = tensor.Quantization()
@@ -126,11 +134,7 @@ def blockwise_weights(source) -> dict[int, dict]:
 
     from exporter.tflite_weights import buffer_region
 
-    if isinstance(source, (bytes, bytearray)):
-        data = source
-    else:
-        with open(source, "rb") as file:
-            data = file.read()
+    data = _contents(source)
     model = schema.Model.GetRootAs(data, 0)
     blockwise = schema.QuantizationDetails.BlockwiseQuantization
     found = {}

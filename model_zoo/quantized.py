@@ -20,12 +20,17 @@ IN_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "
            "down_proj": 1, "embedding": -1}
 
 
+def is_matrix(name: str) -> bool:
+    """Whether the parameter `name` (dotted) is a matrix gemmaforge quantizes, by its role
+    (the last part)."""
+    return name.rsplit(".", 1)[-1] in IN_AXES
+
+
 def in_axes(name: str) -> int:
     """IN_AXES of the parameter `name` (dotted), by its role (the last part)."""
-    role = name.rsplit(".", 1)[-1]
-    if role not in IN_AXES:
+    if not is_matrix(name):
         raise GemmaforgeError(f"{name} is not a matrix gemmaforge knows how to quantize")
-    return IN_AXES[role]
+    return IN_AXES[name.rsplit(".", 1)[-1]]
 
 
 class QArray(NamedTuple):
