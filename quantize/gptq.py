@@ -20,7 +20,7 @@ import numpy as np
 from model_zoo.errors import GemmaforgeError
 
 DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible on few tokens
-LAZY_ROWS = 128  # rows updated together before the rest of W is (a multiple of every block)
+LAZY_ROWS = 128  # rows updated together before the rest of W is (a multiple of blocks <= 128)
 
 
 def hessians(config, params, ids: list[int]) -> dict[str, np.ndarray]:
@@ -72,8 +72,11 @@ def gptq(matrix: np.ndarray, hessian: np.ndarray, qmax: int,
     factor = np.linalg.cholesky(np.linalg.inv(h)).T
     values = np.zeros((inputs, outputs), np.int8)
     scales = np.zeros((inputs // block, outputs), np.float32)
-    for start in range(0, inputs, LAZY_ROWS):
-        stop = min(start + LAZY_ROWS, inputs)
+    # A block's scale is read from its rows when the first is reached, so a block must lie in
+    # one batch: a larger block (per channel: all inputs) is its own batch.
+    batch = max(LAZY_ROWS, block)
+    for start in range(0, inputs, batch):
+        stop = min(start + batch, inputs)
         rows = weights[start:stop].copy()
         errors = np.zeros_like(rows)
         for i in range(stop - start):

@@ -583,20 +583,25 @@ def test_litert_refuses_grids_it_would_re_round(rules, message, tmp_path, tiny_p
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_gptq_beats_round_to_nearest_on_its_calibration_inputs():
+@pytest.mark.parametrize("bits, block", [(4, 32), (8, None)])
+def test_gptq_beats_round_to_nearest_on_its_calibration_inputs(bits, block):
     """GPTQ's one promise: a smaller output error ||X (W - W_q)|| on the inputs it saw, on the
-    same grid (values within +-qmax, one scale per block and output)."""
+    same grid (values within +-qmax, one scale per block and output). Per channel, the block
+    (all 256 inputs) is larger than the rows GPTQ updates together."""
     from quantize.gptq import gptq
 
     rng = np.random.default_rng(0)
-    mixing = rng.standard_normal((128, 128))  # correlated inputs, as activations are
-    inputs = rng.standard_normal((512, 128)) @ mixing
-    weight = rng.standard_normal((128, 64)).astype(np.float32)
-    spec = QuantSpec(4, block=32)
+    inputs_dim = 256
+    mixing = rng.standard_normal((inputs_dim, inputs_dim))  # correlated, as activations are
+    inputs = rng.standard_normal((1024, inputs_dim)) @ mixing
+    weight = rng.standard_normal((inputs_dim, 64)).astype(np.float32)
+    spec = QuantSpec(bits, block=block)
+    size = block or inputs_dim
     rtn = quantize_tensor("w", weight, spec, 1)
-    values, scales = gptq(weight, inputs.T @ inputs, spec.qmax, 32)
-    assert np.abs(values).max() <= spec.qmax and scales.shape == (4, 64)
-    calibrated = (values.reshape(4, 32, 64) * scales[:, None, :]).reshape(128, 64)
+    values, scales = gptq(weight, inputs.T @ inputs, spec.qmax, size)
+    blocks = inputs_dim // size
+    assert np.abs(values).max() <= spec.qmax and scales.shape == (blocks, 64)
+    calibrated = (values.reshape(blocks, size, 64) * scales[:, None, :]).reshape(inputs_dim, 64)
     error = np.linalg.norm(inputs @ (weight - calibrated))
     assert error < 0.8 * np.linalg.norm(inputs @ (weight - rtn.dequantize()))
 
