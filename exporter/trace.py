@@ -167,10 +167,11 @@ def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
     dropped under a symbolic length, which jax.export cannot lower (jax-ml/jax#40486), unless
     `symbolic_composites` says the consumer reads the jaxpr itself (the ONNX writer).
     `fused_rope` marks the rotary embedding as a composite as well (ONNX has rotary ops),
-    `fused_lookup` the embedding lookup (for ai-edge-quantizer, see
-    `composites.embedding_lookup`).
+    `fused_lookup` the tied table's lookup and final soft-cap, with or without `fused` (for
+    ai-edge-quantizer, see `composites.embedding_lookup`).
     """
-    fused = fused and (symbolic_composites or not entry.symbolic)
+    composites = symbolic_composites or not entry.symbolic
+    fused, fused_lookup = fused and composites, fused_lookup and composites
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
             return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,

@@ -90,8 +90,10 @@ class Gemma(nnx.Module):
           cache: the KV cache; slot s holds position s.
           fused: trace the fused ops as composites (True) or as their plain decomposition.
           fused_rope: with `fused`, the rotary embedding as a composite too (ONNX only).
-          fused_lookup: with `fused`, the embedding lookup as a composite too (quantized
-            LiteRT only: see `composites.embedding_lookup`).
+          fused_lookup: the tied table's two composites, with or without `fused`: the
+            embedding lookup and the final soft-cap (quantized LiteRT only: they let
+            ai-edge-quantizer store the table once, see `composites.embedding_lookup` and
+            `composites.logit_soft_cap`).
           logits_index: int32 [B]: compute logits only at this index of T (the LM head is the
             largest matmul; prefill needs one row of it). None: logits at every position.
           table_left_head: the LM head's contraction form (see `Embedder.decode`).
@@ -101,7 +103,7 @@ class Gemma(nnx.Module):
         Returns:
           (float32 logits [B, T, V] or [B, 1, V] (None without logits), the updated cache).
         """
-        x = self.embedder.encode(tokens, fused=fused and fused_lookup)
+        x = self.embedder.encode(tokens, fused=fused_lookup)
         new_layers = []
         for index, block in enumerate(self.layers):
             if not logits and index == len(self.layers) - 1:
@@ -118,7 +120,7 @@ class Gemma(nnx.Module):
         out = self.embedder.decode(x, table_left=table_left_head).astype(jnp.float32)
         cap = self.config.final_logit_softcap
         if cap is not None:
-            out = composites.logit_soft_cap(out, cap, fused=fused)
+            out = composites.logit_soft_cap(out, cap, fused=fused or fused_lookup)
         return out, KVCache.from_layers(new_layers)
 
 
