@@ -8,6 +8,8 @@ GPTQ on a calibration sample instead of to nearest), and source (an already-quan
 each tensor's own grid, `quantize.source`). A user recipe is a TOML or JSON file:
 
     name = "my-int4"
+    method = "gptq"                                # optional: "rtn" (round to nearest, the
+                                                   # default) or "gptq" (calibrated)
     default = {bits = 4, block = 64}               # or "f32" / "fp16"
     [[rules]]
     match = "embedder.embedding"                   # a regular expression over dotted names
@@ -42,6 +44,7 @@ SOURCE = SourceSpec()
 Spec = QuantSpec | FloatSpec | SourceSpec
 Predicate = Callable[[str, tuple[int, ...]], bool]
 EMBEDDING = "embedder.embedding"
+METHODS = ("rtn", "gptq")  # round to nearest; GPTQ on the calibration sample (`quantize.gptq`)
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -125,10 +128,14 @@ def load_recipe_file(path: Path) -> Recipe:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise GemmaforgeError(f"recipe file {path} is not valid "
                               f"{'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
-    unknown = set(data) - {"name", "default", "rules"}
+    unknown = set(data) - {"name", "method", "default", "rules"}
     if unknown:
         raise GemmaforgeError(f"recipe file {path}: unknown keys {sorted(unknown)}; a recipe has "
-                              "name, default and rules")
+                              "name, method, default and rules")
+    method = data.get("method", "rtn")
+    if method not in METHODS:
+        raise GemmaforgeError(f"recipe file {path}: method {method!r} is not one of "
+                              f"{', '.join(METHODS)}")
     rules = []
     for index, rule in enumerate(data.get("rules", [])):
         where = f"recipe file {path}, rule {index + 1}"
@@ -136,7 +143,7 @@ def load_recipe_file(path: Path) -> Recipe:
             raise GemmaforgeError(f"{where}: a rule has exactly match and spec")
         rules.append((_matcher(rule["match"], where), _spec(rule["spec"], where)))
     default = _spec(data.get("default", "f32"), f"recipe file {path}, default")
-    return Recipe(str(data.get("name", path.stem)), tuple(rules), default)
+    return Recipe(str(data.get("name", path.stem)), tuple(rules), default, method)
 
 
 def get_recipe(name_or_path: str) -> Recipe:

@@ -131,6 +131,23 @@ def test_user_recipe_file(tmp_path):
     assert quantize.apply(_weights(), str(json_path))["layers.1.mlp.up_proj"].dtype == np.float16
 
 
+def test_user_recipe_file_calibrates_with_gptq(tmp_path, tiny_params):
+    """`method = "gptq"` rounds a user recipe's projections by GPTQ (per channel here: a block
+    of all inputs) and the table to nearest."""
+    config, params = mz.get_preset("tiny-gemma3"), tiny_params("tiny-gemma3")
+    path = tmp_path / "int8-cal.toml"
+    path.write_text('method = "gptq"\ndefault = {bits = 8}\n')
+    assert quantize.get_recipe(str(path)).method == "gptq"
+    _, calibrated = quantize.quantize_params(params, str(path), config=config,
+                                             tokenizer=mz.ByteTokenizer())
+    _, nearest = quantize.quantize_params(params, "int8", config=config)
+    table = "embedder.embedding"
+    assert np.array_equal(calibrated[table].values, nearest[table].values)
+    projection = "layers.0.mlp.down_proj"
+    assert calibrated[projection].scales.shape == nearest[projection].scales.shape
+    assert not np.array_equal(calibrated[projection].values, nearest[projection].values)
+
+
 @pytest.mark.parametrize("text, message", [
     ("default = {bits = 3}", "bits must be one of"),
     ("default = {bits = 4, block = 48}", "block must be one of"),
@@ -139,6 +156,7 @@ def test_user_recipe_file(tmp_path):
     ("default = {bits = 4, zero_point = \"float\"}", "float for an asymmetric grid"),
     ("[[rules]]\nmatch = \"(\"\nspec = \"f32\"", "bad regular expression"),
     ("colour = 1", "unknown keys"),
+    ("method = \"awq\"", "method 'awq' is not one of rtn, gptq"),
     ("default = ", "not valid TOML"),
 ])
 def test_bad_recipe_files_are_clear_errors(tmp_path, text, message):
@@ -693,3 +711,35 @@ def test_activation_rounding_tolerance_pools_positions_and_judges_distributions(
     weight_only = {"atol": 1e-5, "rtol_of_max_logit": 5e-5, "min_top1": 1.0}
     assert not judge([decode | {"top1_agreement": 16}], weight_only)
     assert judge([decode | {"top1_agreement": 16, "max_abs_error": 1e-5}], weight_only)
+
+
+@pytest.mark.parametrize("preset, recipe", [("tiny-gemma2", "int4"), ("tiny-gemma3", "int8-dyn")])
+def test_litert_plain_ops_keep_one_quantized_table(preset, recipe, tmp_path, tiny_params):
+    """`--no-fused` (plain ops, the faster graph on CPU) still looks the table up through the
+    lookup composite, so the quantizer stores it once for the lookup and the LM head, as the
+    fused model does, instead of a float copy per signature; the only other composite left is
+    the final soft-cap (Gemma 2), which keeps the converter from folding into the LM head."""
+    from exporter.tflite_inspect import quantized_weights
+
+    config, params = mz.get_preset(preset), tiny_params(preset)
+    model = mz.LoadedModel(config, params, mz.ByteTokenizer(), "test weights", True)
+    sizes = {}
+    for fused in (True, False):
+        out = tmp_path / str(fused)
+        manifest = export(model, out, formats=("litert",), buckets=(8,), quant=recipe,
+                          fused=fused)
+        section = manifest["formats"]["litert"]
+        sizes[fused] = (out / section["file"]).stat().st_size
+        for name, signature in section["signatures"].items():
+            ops = signature["ops"]
+            assert "DEQUANTIZE" not in ops and "GATHER" not in ops and "GATHER_ND" not in ops
+            soft_cap = name == "decode" and config.final_logit_softcap is not None
+            if not fused:
+                assert ops.get("STABLEHLO_COMPOSITE", 0) == soft_cap, (name, ops)
+        assert section["signatures"]["decode"]["ops"]["EMBEDDING_LOOKUP"] == 1
+        tables = [t for t in quantized_weights(out / section["file"]).values()
+                  if t["values"].shape[0] == config.vocab_size]
+        assert len(tables) == 1
+    assert sizes[False] < 1.05 * sizes[True]
+    report = validate_artifact(tmp_path / "False", ["litert", "litert-lm"], decode_steps=4)
+    assert report["passed"], report
