@@ -14,6 +14,7 @@ BENCHMARKS = {"load": load.run, "reference": reference.run, "export": export.run
               "runtimes": runtimes.run, "litert": litert.run,
               "litert-convert": litert.run_convert, "onnx": onnx.run,
               "onnx-export": onnx.run_export, "quality": quality.run,
+              "quality-int8": quality.run_int8,
               "quantized": quantized.run, "source": quantized.run_source,
               "quantized-litert": quantized.run_litert}
 

@@ -5,7 +5,9 @@ gemma3-270m (its real weights) and gemma2-2b (random weights, drawn one tensor a
 exported safetensors, from which they are written into the converted flatbuffer). The time
 includes writing the safetensors and the .litertlm bundle; validation is excluded.
 
-`litert`: gemma3-270m exported twice, composites on and plain ops, then in the same run
+`litert`: gemma3-270m exported twice per recipe (float32, int8-dyn, int4), composites on and
+plain ops (`--no-fused`; a quantized model keeps the table's lookup composite either way), then
+in the same run
   - on `litert` (the Interpreter's signature runners, XNNPACK on): prefill and decode tokens/s;
   - on `litert-lm`: the engine's own benchmark (prefill and decode tokens/s);
   - how XNNPACK partitioned each signature, from the engine's verbose log: nodes it took, nodes
@@ -187,8 +189,11 @@ def engine_speed(artifact, prefill: int, decode: int, repeats: int, threads: int
             engine.stderr)
 
 
-def run(repeats: int = 5, new_tokens: int = 32, engine_prefill: int = 128,
-        engine_decode: int = 64, threads: int = 2) -> dict:
+RECIPES = ("f32", "int8-dyn", "int4")
+
+
+def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
+        engine_decode: int = 64, threads: int = 2, recipes: tuple[str, ...] = RECIPES) -> dict:
     from benchmarks.common import time_generation
     from exporter import export
     from exporter.tflite_inspect import describe
@@ -196,35 +201,43 @@ def run(repeats: int = 5, new_tokens: int = 32, engine_prefill: int = 128,
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
 
-    rows = {}
-    model = load("gemma3-270m", materialize=False)
+    rows: dict = {}
+    model = load("gemma3-270m")
     with tempfile.TemporaryDirectory() as scratch:
-        for label, fused in (("composites", True), ("plain", False)):
-            root = f"{scratch}/{label}"
-            export(model, root, formats=("litert",), fused=fused)
-            artifact = open_artifact(root)
-            prompt = artifact.tokenizer().encode(
-                " ".join(["The sea is calm and the waves are low."] * 12))[:100]
-            prefill, decode = time_generation(make_runner("litert", artifact, threads=threads),
-                                              prompt,
-                                              new_tokens, repeats)
-            engine, log = engine_speed(artifact, engine_prefill, engine_decode, repeats,
-                                       threads, scratch)
-            structure = describe(f"{root}/litert/model.tflite")
-            rows[label] = {
-                "litert": {"prefill_tokens_per_second_median": prefill,
-                           "decode_tokens_per_second_median": decode},
-                "litert-lm": engine,
-                "decode_composites": structure["signatures"]["decode"]["composites"],
-                "xnnpack": partitions(log),
-            }
-    result = {"preset": "gemma3-270m", "precision": "float32", "repeats": repeats,
+        for recipe in recipes:
+            rows[recipe] = {}
+            for label, fused in (("composites", True), ("plain", False)):
+                root = f"{scratch}/{recipe}-{label}"
+                export(model, root, formats=("litert",), fused=fused,
+                       quant=None if recipe == "f32" else recipe)
+                artifact = open_artifact(root)
+                prompt = artifact.tokenizer().encode(
+                    " ".join(["The sea is calm and the waves are low."] * 12))[:100]
+                prefill, decode = time_generation(
+                    make_runner("litert", artifact, threads=threads), prompt, new_tokens,
+                    repeats)
+                engine, log = engine_speed(artifact, engine_prefill, engine_decode, repeats,
+                                           threads, scratch)
+                tflite = f"{root}/litert/model.tflite"
+                structure = describe(tflite)
+                rows[recipe][label] = {
+                    "tflite_bytes": os.path.getsize(tflite),
+                    "litert": {"prefill_tokens_per_second_median": prefill,
+                               "decode_tokens_per_second_median": decode},
+                    "litert-lm": engine,
+                    "decode_composites": structure["signatures"]["decode"]["composites"],
+                    "xnnpack": partitions(log),
+                }
+                del artifact
+                shutil.rmtree(root)
+    result = {"preset": "gemma3-270m", "repeats": repeats,
               "litert_prompt_tokens": len(prompt), "litert_new_tokens": new_tokens,
               "engine_prefill_tokens": engine_prefill, "engine_decode_tokens": engine_decode,
-              "threads": threads, "variants": rows,
-              "decode_speedup_of_composites": {
-                  name: rows["composites"][name]["decode_tokens_per_second_median"]
-                  / rows["plain"][name]["decode_tokens_per_second_median"]
-                  for name in ("litert", "litert-lm")}}
+              "threads": threads, "recipes": rows,
+              "decode_speedup_of_plain_ops": {
+                  recipe: {name: variants["plain"][name]["decode_tokens_per_second_median"]
+                           / variants["composites"][name]["decode_tokens_per_second_median"]
+                           for name in ("litert", "litert-lm")}
+                  for recipe, variants in rows.items()}}
     save("litert", result)
     return result

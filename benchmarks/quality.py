@@ -28,6 +28,9 @@ from benchmarks.common import save
 TEXT = Path(__file__).parent / "data" / "evaluation.txt"
 CHUNK = 256
 RECIPES = ("fp16", "int8", "int8-dyn", "int4", "int4-b128", "int4-cal")
+# `quality-int8`: where int8's loss comes from, as user recipes (benchmarks/data/recipes).
+INT8_DIAGNOSIS = ("int8", *(str(Path(__file__).parent / "data" / "recipes" / f"int8-{part}.toml")
+                            for part in ("table-only", "projections-only", "b32", "gptq")))
 
 
 def packed_bytes(quantized: dict) -> int:
@@ -43,7 +46,8 @@ def packed_bytes(quantized: dict) -> int:
     return total
 
 
-def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m") -> dict:
+def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m",
+        save_as: str = "quality") -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -51,7 +55,7 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m") -> dict
     from model_zoo.loading import load
     from model_zoo.quantized import dequantize_once
     from model_zoo.transformer import apply
-    from quantize import model_config, quantize_params
+    from quantize import get_recipe, model_config, quantize_params
 
     model = load(preset)
     config = model.config
@@ -62,13 +66,14 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m") -> dict
     sizes = {"f32": sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(model.params))}
     quantize_seconds = {}
     for recipe in recipes:
+        label = get_recipe(recipe).name  # a recipe file's own name, not its path
         start = time.perf_counter()
         qparams, quantized = quantize_params(model.params, recipe, config=config,
                                              tokenizer=model.tokenizer)
-        quantize_seconds[recipe] = time.perf_counter() - start
-        variants[recipe] = dequantize_once(config, qparams)
-        configs[recipe] = model_config(config, recipe)  # int8-dyn rounds activations
-        sizes[recipe] = packed_bytes(quantized)
+        quantize_seconds[label] = time.perf_counter() - start
+        variants[label] = dequantize_once(config, qparams)
+        configs[label] = model_config(config, recipe)  # int8-dyn rounds activations
+        sizes[label] = packed_bytes(quantized)
         del qparams, quantized
 
     @functools.partial(jax.jit, static_argnums=0)
@@ -110,5 +115,10 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m") -> dict
     result = {"preset": preset, "weights": model.source, "text": str(TEXT.name),
               "text_tokens": len(ids), "predictions": predictions, "chunk": CHUNK,
               "reference": "jax", "recipes": rows}
-    save("quality", result)
+    save(save_as, result)
     return result
+
+
+def run_int8() -> dict:
+    """int8's loss taken apart: the table alone, the projections alone, blocks of 32, GPTQ."""
+    return run(INT8_DIAGNOSIS, save_as="quality-int8")
