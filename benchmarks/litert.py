@@ -203,6 +203,7 @@ def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
 
     rows: dict = {}
     model = load("gemma3-270m")
+    prompt = model.tokenizer.encode(" ".join(["The sea is calm and the waves are low."] * 12))[:100]
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in recipes:
             rows[recipe] = {}
@@ -211,8 +212,6 @@ def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
                 export(model, root, formats=("litert",), fused=fused,
                        quant=None if recipe == "f32" else recipe)
                 artifact = open_artifact(root)
-                prompt = artifact.tokenizer().encode(
-                    " ".join(["The sea is calm and the waves are low."] * 12))[:100]
                 prefill, decode = time_generation(
                     make_runner("litert", artifact, threads=threads), prompt, new_tokens,
                     repeats)

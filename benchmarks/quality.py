@@ -25,11 +25,12 @@ import numpy as np
 
 from benchmarks.common import save
 
-TEXT = Path(__file__).parent / "data" / "evaluation.txt"
+DATA = Path(__file__).parent / "data"
+TEXT = DATA / "evaluation.txt"
 CHUNK = 256
 RECIPES = ("fp16", "int8", "int8-dyn", "int4", "int4-b128", "int4-cal")
 # `quality-int8`: where int8's loss comes from, as user recipes (benchmarks/data/recipes).
-INT8_DIAGNOSIS = ("int8", *(str(Path(__file__).parent / "data" / "recipes" / f"int8-{part}.toml")
+INT8_DIAGNOSIS = ("int8", *(str(DATA / "recipes" / f"int8-{part}.toml")
                             for part in ("table-only", "projections-only", "b32", "gptq")))
 
 
