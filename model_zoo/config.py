@@ -42,6 +42,40 @@ class LayerSpec:
 
 ACTIVATION_QUANT = (None, "int8-dynamic")
 
+# Bounds on the sizes a config read from a file may give, far above the largest real Gemma
+# (Gemma 3 27B: 62 layers, d_model 5376, 21504 hidden, 32 heads of 128, 262144 tokens, 128k
+# context). Past them a config is crafted or corrupt, and trusting it would loop or allocate
+# without bound before any weight is read.
+MAX_LAYERS = 1024
+MAX_EMBED_DIM = 1 << 16
+MAX_HIDDEN_DIM = 1 << 20
+MAX_HEADS = 1024
+MAX_HEAD_DIM = 1 << 12
+MAX_VOCAB = 1 << 20
+MAX_CONTEXT = 1 << 24
+SIZE_LIMITS = {"vocab_size": MAX_VOCAB, "embed_dim": MAX_EMBED_DIM, "num_layers": MAX_LAYERS,
+               "num_heads": MAX_HEADS, "num_kv_heads": MAX_HEADS, "head_dim": MAX_HEAD_DIM,
+               "hidden_dim": MAX_HIDDEN_DIM, "max_context": MAX_CONTEXT,
+               "sliding_window": MAX_CONTEXT}
+
+
+def is_integer(value: object) -> bool:
+    """An integer as JSON or GGUF metadata gives one (bool is not one, nor 1e7)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: object) -> str:
+    """A value from a file for a one-line message: repr'd (no raw newlines), cut when long."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def size_problem(field: str, value: object, limit: int) -> str | None:
+    """Why `value` is not a size from 1 to `limit`, or None when it is one."""
+    if is_integer(value) and 1 <= value <= limit:
+        return None
+    return f"{field} is {_shown(value)}; expected an integer from 1 to {limit}"
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -147,12 +181,58 @@ def config_to_dict(config: ModelConfig) -> dict:
     return data
 
 
+POSITIVE_NUMBERS = ("rope_base_global", "rope_base_local", "query_pre_attn_scalar",
+                    "rope_scale_global", "norm_eps")
+OPTIONAL_POSITIVE_NUMBERS = ("attn_logit_softcap", "final_logit_softcap")
+FLAGS = ("use_post_attn_norm", "use_post_ffw_norm", "use_qk_norm")
+TOKEN_IDS = ("bos_id", "eos_id", "pad_id")
+
+
+def _value_problems(data: dict) -> list[str]:
+    """Why the fields other than the sizes hold values of the wrong kind (a config from a
+    file: a list where a number goes would fail deep inside the model)."""
+    problems = []
+    for field in POSITIVE_NUMBERS + OPTIONAL_POSITIVE_NUMBERS:
+        value = data.get(field)
+        if field not in data or value is None and field in OPTIONAL_POSITIVE_NUMBERS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value <= 0:
+            problems.append(f"{field} is {_shown(value)}; expected a positive finite number")
+    problems += [f"{field} is {_shown(data[field])}; expected true or false"
+                 for field in FLAGS if field in data and not isinstance(data[field], bool)]
+    vocab = data.get("vocab_size") if is_integer(data.get("vocab_size")) else MAX_VOCAB
+    problems += [f"{field} is {_shown(data[field])}; expected a token id from 0 to {vocab - 1}"
+                 for field in TOKEN_IDS
+                 if field in data and not (is_integer(data[field]) and 0 <= data[field] < vocab)]
+    if "name" in data and not isinstance(data["name"], str):
+        problems.append(f"name is {_shown(data['name'])}; expected a string")
+    pattern = data.get("attention_pattern")
+    if "attention_pattern" in data and not (isinstance(pattern, list | tuple)
+                                            and 1 <= len(pattern) <= MAX_LAYERS
+                                            and all(isinstance(t, str) for t in pattern)):
+        problems.append(f"attention_pattern is {_shown(pattern)}; expected a list of 1 to "
+                        f"{MAX_LAYERS} attention types")
+    if not isinstance(data.get("activation_quant"), str | None):
+        problems.append(f"activation_quant is {_shown(data['activation_quant'])}; expected a "
+                        "string or null")
+    return problems
+
+
 def config_from_dict(data: dict) -> ModelConfig:
     """The inverse of `config_to_dict`; unknown or missing fields are a clear error."""
+    if not isinstance(data, dict):
+        raise GemmaforgeError(f"invalid model config: a {type(data).__name__}, not an object")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(data) - fields
     if unknown:
-        raise GemmaforgeError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+        raise GemmaforgeError("unknown model config field(s): "
+                              + ", ".join(_shown(field) for field in sorted(unknown)))
+    sizes = [size_problem(field, data[field], limit) for field, limit in SIZE_LIMITS.items()
+             if field in data and not (field == "sliding_window" and data[field] is None)]
+    problems = [problem for problem in sizes if problem] + _value_problems(data)
+    if problems:
+        raise GemmaforgeError("invalid model config: " + "; ".join(problems))
     try:
         return ModelConfig(**{
             **data,
@@ -160,4 +240,5 @@ def config_from_dict(data: dict) -> ModelConfig:
             "attention_pattern": tuple(AttentionType(t) for t in data["attention_pattern"]),
         })
     except (KeyError, TypeError, ValueError) as error:
-        raise GemmaforgeError(f"invalid model config: {error}") from None
+        raise GemmaforgeError(f"invalid model config: {' '.join(str(error).split())}") \
+            from None

@@ -16,8 +16,12 @@ import numpy as np
 import sentencepiece
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
+from model_zoo.checkpoints.untrusted import one_line, read_small
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tokenizer import END_OF_TURN
+
+# Gemma 3's 262144-piece tokenizer.model is 4.5 MiB.
+MAX_TOKENIZER_BYTES = 64 << 20
 
 # GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*) that the proto keeps apart; the others
 # (unknown 2, control 3, user-defined 4, unused 5) are told apart by id.
@@ -34,7 +38,9 @@ class GemmaTokenizer:
         try:
             self._processor.LoadFromSerializedProto(model_proto)
         except (RuntimeError, OSError) as error:
-            raise GemmaforgeError(f"not a SentencePiece model: {error}") from None
+            raise GemmaforgeError(f"not a SentencePiece model: {one_line(str(error))}") from None
+        except UnicodeDecodeError:  # SentencePiece quoted bytes of the file in its message
+            raise GemmaforgeError("not a SentencePiece model (it does not parse)") from None
         self.model_proto = model_proto
         self.bos_id = self._processor.bos_id()
         self.eos_id = self._processor.eos_id()
@@ -43,11 +49,14 @@ class GemmaTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GemmaTokenizer:
+        """A `tokenizer.model`: a regular file of bounded size (it may come with a download)."""
+        if not os.path.lexists(path):
+            raise GemmaforgeError(f"cannot read tokenizer {path}: no such file")
+        data = read_small(path, MAX_TOKENIZER_BYTES, "a tokenizer.model")
         try:
-            with open(path, "rb") as file:
-                return cls(file.read())
-        except OSError as error:
-            raise GemmaforgeError(f"cannot read tokenizer {path}: {error.strerror}") from None
+            return cls(data)
+        except GemmaforgeError as error:
+            raise GemmaforgeError(f"{path}: {error}") from None
 
     @classmethod
     def from_vocab(cls, pieces: list[str], scores: np.ndarray, types: np.ndarray, *,
@@ -55,6 +64,10 @@ class GemmaTokenizer:
                    escape_whitespace: bool = True) -> GemmaTokenizer:
         """Rebuilds the ModelProto from a GGUF-style vocabulary (`escape_whitespace` False keeps
         spaces as spaces instead of '▁', for byte-level vocabularies)."""
+        ids = (bos_id, eos_id, pad_id, unk_id)
+        if not pieces or not all(0 <= i < len(pieces) for i in ids):
+            raise GemmaforgeError(f"special token ids {list(ids)} do not fit a vocabulary of "
+                                  f"{len(pieces)} pieces")
         proto = spm_pb2.ModelProto()
         special = {bos_id, eos_id, pad_id}
         for index, (piece, score, kind) in enumerate(zip(pieces, scores, types, strict=True)):

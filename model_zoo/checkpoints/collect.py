@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
+from model_zoo.checkpoints.untrusted import check_finite, shown
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
@@ -62,15 +63,21 @@ class Collector:
         """Refuses checkpoint tensor `name` when its shape is not the one the config implies."""
         if tuple(got) != tuple(want):
             raise GemmaforgeError(
-                f"{self.source}: tensor {name} has shape {list(got)} but {self.config.name} "
+                f"{self.source}: tensor {shown(name)} has shape {list(got)} but {self.config.name} "
                 f"expects {list(want)}; is this checkpoint for another model?")
 
-    def add(self, path: ParamPath, array: np.ndarray) -> None:
-        """Places our parameter `path`, already in our layout."""
+    def add(self, path: ParamPath, array: np.ndarray, name: str) -> None:
+        """Places our parameter `path`, already in our layout, read from the checkpoint's tensor
+        `name`: refused when it holds NaN or infinity, or when another tensor filled it."""
         if path not in self.expected:
             raise GemmaforgeError(f"{self.source}: no parameter {path_name(path)} in "
                                   f"{self.config.name}")
+        if path in self.filled:
+            raise GemmaforgeError(f"{self.source}: tensor {shown(name)} fills {path_name(path)}, "
+                                  "which another tensor already filled; a checkpoint holds "
+                                  "each parameter once")
         self.check_shape(path_name(path), array.shape, self.expected[path])
+        check_finite(self.source, shown(name), array)
         sharding = get_path(self.shardings, path) if self.shardings is not None else None
         set_path(self.params, path, adopt(array, sharding))
         self.filled.add(path)
@@ -79,16 +86,16 @@ class Collector:
         """The parameters, or an error naming what the checkpoint lacked."""
         missing = [path for path in self.expected if path not in self.filled]
         if missing:
-            shown = ", ".join(missing_names(p) for p in missing[:5])
+            listed = ", ".join(missing_names(p) for p in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise GemmaforgeError(f"{self.source} lacks {len(missing)} tensor(s) "
-                                  f"{self.config.name} needs: {shown}{more}")
+                                  f"{self.config.name} needs: {listed}{more}")
         return self.params
 
 
 def unexpected(source: str, names: Iterable[str]) -> GemmaforgeError:
-    names = sorted(names)
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return GemmaforgeError(f"{source} has tensor(s) the model does not use: {shown}; is this "
+    names = sorted(shown(name) for name in names)
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return GemmaforgeError(f"{source} has tensor(s) the model does not use: {listed}; is this "
                            "checkpoint for another architecture?")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
+from model_zoo.checkpoints.untrusted import open_regular, reading
 from model_zoo.errors import GemmaforgeError
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
@@ -33,7 +34,7 @@ def detect_format(path: str | Path) -> CheckpointFormat:
         raise GemmaforgeError(
             f"{path} is neither a Hugging Face folder (config.json + *.safetensors) nor an "
             "Orbax checkpoint")
-    with open(path, "rb") as file:
+    with reading(path, "a checkpoint"), open_regular(path) as file:
         magic = file.read(4)
     if magic == b"GGUF":
         return CheckpointFormat.GGUF

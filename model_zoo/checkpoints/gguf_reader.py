@@ -15,9 +15,16 @@ import gguf
 import numpy as np
 
 from model_zoo.checkpoints.collect import Collector, aligned_empty, unexpected
-from model_zoo.checkpoints.gguf_file import TensorInfo, file_size, read_header
+from model_zoo.checkpoints.gguf_file import TensorInfo, read_header
 from model_zoo.checkpoints.hf_names import TensorMap, hf_tensor_map
-from model_zoo.config import Family, ModelConfig
+from model_zoo.checkpoints.untrusted import (
+    check_finite,
+    open_regular,
+    reading,
+    regular_size,
+    shown,
+)
+from model_zoo.config import Family, ModelConfig, is_integer
 from model_zoo.errors import GemmaforgeError
 from model_zoo.spm import GemmaTokenizer
 from model_zoo.transformer import Params
@@ -57,27 +64,58 @@ def hf_name(gguf_name: str, family: Family) -> str | None:
     return f"model.layers.{index}.{kind_hf}.weight"
 
 
+_TOKENIZER_IDS = {"bos_id": "tokenizer.ggml.bos_token_id",
+                  "eos_id": "tokenizer.ggml.eos_token_id",
+                  "pad_id": "tokenizer.ggml.padding_token_id",
+                  "unk_id": "tokenizer.ggml.unknown_token_id"}
+_GGUF = "a GGUF"
+
+
 class GGUFCheckpoint:
     """An opened GGUF file: metadata, tensor directory and the tokenizer vocabulary."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self.metadata, self.tensors = read_header(self.path, file_size(self.path))
+        with reading(self.path, _GGUF):
+            self.metadata, self.tensors = read_header(self.path, regular_size(self.path))
         self.architecture = self.metadata.get("general.architecture")
-        if self.architecture not in ARCHITECTURES:
-            raise GemmaforgeError(f"{self.path} holds a {self.architecture!r} model; gemmaforge "
-                                  f"reads {', '.join(ARCHITECTURES)}")
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
+            raise GemmaforgeError(f"{self.path} holds a {shown(self.architecture)!r} model; "
+                                  f"gemmaforge reads {', '.join(ARCHITECTURES)}")
 
     @property
     def family(self) -> Family:
         return ARCHITECTURES[self.architecture]
 
+    def _integer(self, key: str) -> int | None:
+        """An integer metadata field, None when absent."""
+        value = self.metadata.get(key)
+        if value is not None and not is_integer(value):
+            raise GemmaforgeError(f"{self.path}: metadata {key} is {shown(value)}; expected an "
+                                  "integer")
+        return value
+
+    def _array(self, key: str, kind: type) -> list | np.ndarray:
+        """The tokenizer array `key`: strings (`kind` str) or numbers (`kind` float or int)."""
+        value = self.metadata.get(key)
+        if value is None:
+            raise GemmaforgeError(f"{self.path} has tokenizer.ggml.tokens but lacks {key}; "
+                                  "pass --tokenizer")
+        numeric = {float: "iuf", int: "iu"}.get(kind)
+        if (isinstance(value, list) if kind is str else
+                isinstance(value, np.ndarray) and value.dtype.kind in numeric):
+            return value
+        raise GemmaforgeError(f"{self.path}: metadata {key} is {shown(value)}; expected an "
+                              f"array of {kind.__name__}")
+
     def check_config(self, config: ModelConfig) -> None:
         """Refuses a file whose metadata contradicts the preset, naming the first differences."""
         arch = self.architecture
+        problems = []
+        if ARCHITECTURES[arch] is not config.family:
+            problems.append(f"general.architecture is {arch} in the file, "
+                            f"{config.family.value} in {config.name}")
         expected = {
-            "general.architecture": {Family.GEMMA1: "gemma", Family.GEMMA2: "gemma2",
-                                     Family.GEMMA3: "gemma3"}[config.family],
             f"{arch}.block_count": config.num_layers,
             f"{arch}.embedding_length": config.embed_dim,
             f"{arch}.feed_forward_length": config.hidden_dim,
@@ -86,12 +124,12 @@ class GGUFCheckpoint:
             f"{arch}.attention.key_length": config.head_dim,
             f"{arch}.attention.sliding_window": config.sliding_window,
         }
-        problems = []
         for key, want in expected.items():
-            got = self.metadata.get(key)
+            got = self._integer(key)
             if got is not None and want is not None and got != want:
                 problems.append(f"{key} is {got} in the file, {want} in {config.name}")
-        vocab = len(self.metadata.get("tokenizer.ggml.tokens", ()))
+        vocab = (len(self._array("tokenizer.ggml.tokens", str))
+                 if "tokenizer.ggml.tokens" in self.metadata else 0)
         if vocab and vocab != config.vocab_size:
             problems.append(f"the vocabulary has {vocab} tokens, {config.name} {config.vocab_size}")
         if problems:
@@ -104,7 +142,7 @@ class GGUFCheckpoint:
         table = hf_tensor_map(config)
         collector = Collector(config, self.path, shardings)
         extra = []
-        with open(self.path, "rb") as file:
+        with reading(self.path, _GGUF), open_regular(self.path) as file:
             for tensor in self.tensors:
                 name = hf_name(tensor.name, config.family)
                 if name not in table:
@@ -112,7 +150,7 @@ class GGUFCheckpoint:
                     continue
                 entry = table[name]
                 collector.check_shape(tensor.name, tensor.shape, entry.hf_shape)
-                collector.add(entry.path, self._read(file.fileno(), tensor, entry))
+                collector.add(entry.path, self._read(file.fileno(), tensor, entry), tensor.name)
         if extra:
             raise unexpected(self.path, extra)
         return collector.finish()
@@ -131,12 +169,15 @@ class GGUFCheckpoint:
         extra = [t.name for t in self.tensors if hf_name(t.name, config.family) not in table]
         if extra:
             raise unexpected(self.path, extra)
-        with open(self.path, "rb") as file:
+        checker = Collector(config, self.path)
+        with reading(self.path, _GGUF), open_regular(self.path) as file:
             for tensor in self.tensors:
                 entry = table[hf_name(tensor.name, config.family)]
                 name = path_name(entry.path)
+                checker.check_shape(tensor.name, tensor.shape, entry.hf_shape)
                 if entry.path[-1] not in IN_AXES:  # vectors (norm scales) stay float32
                     value = self._read(file.fileno(), tensor, entry)
+                    check_finite(self.path, tensor.name, value)
                     yield name, SourceTensor(value, tensor.qtype.name)
                     continue
                 raw = os.pread(file.fileno(), tensor.n_bytes, tensor.offset)
@@ -171,14 +212,29 @@ class GGUFCheckpoint:
         return entry.to_ours(dequantized(0, tensor.rows).reshape(entry.hf_shape))
 
     def tokenizer(self) -> GemmaTokenizer:
-        """The SentencePiece tokenizer rebuilt from the file's vocabulary."""
-        meta = self.metadata
-        if "tokenizer.ggml.tokens" not in meta:
+        """The SentencePiece tokenizer rebuilt from the file's vocabulary, every array and id
+        checked against the vocabulary's length first."""
+        if "tokenizer.ggml.tokens" not in self.metadata:
             raise GemmaforgeError(f"{self.path} carries no tokenizer vocabulary; pass --tokenizer")
-        return GemmaTokenizer.from_vocab(
-            meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"],
-            meta["tokenizer.ggml.token_type"],
-            bos_id=int(meta["tokenizer.ggml.bos_token_id"]),
-            eos_id=int(meta["tokenizer.ggml.eos_token_id"]),
-            pad_id=int(meta["tokenizer.ggml.padding_token_id"]),
-            unk_id=int(meta["tokenizer.ggml.unknown_token_id"]))
+        pieces = self._array("tokenizer.ggml.tokens", str)
+        if not pieces:
+            raise GemmaforgeError(f"{self.path}: tokenizer.ggml.tokens is empty; expected the "
+                                  "vocabulary")
+        scores = self._array("tokenizer.ggml.scores", float)
+        types = self._array("tokenizer.ggml.token_type", int)
+        if not len(pieces) == len(scores) == len(types):
+            raise GemmaforgeError(f"{self.path}: the tokenizer has {len(pieces)} tokens, "
+                                  f"{len(scores)} scores and {len(types)} token types; expected "
+                                  "one of each per token")
+        ids = {}
+        for argument, key in _TOKENIZER_IDS.items():
+            value = self._integer(key)
+            if value is None or not 0 <= value < len(pieces):
+                raise GemmaforgeError(f"{self.path}: metadata {key} is {shown(value)}; expected "
+                                      f"a token id from 0 to {len(pieces) - 1}")
+            ids[argument] = value
+        with reading(self.path, _GGUF):
+            try:
+                return GemmaTokenizer.from_vocab(pieces, scores, types, **ids)
+            except GemmaforgeError as error:
+                raise GemmaforgeError(f"{self.path}: the tokenizer vocabulary: {error}") from None

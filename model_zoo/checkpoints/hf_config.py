@@ -3,9 +3,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from model_zoo.config import AttentionType, Family, ModelConfig
+from model_zoo.checkpoints.untrusted import shown
+from model_zoo.config import (
+    MAX_CONTEXT,
+    MAX_EMBED_DIM,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_HIDDEN_DIM,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    AttentionType,
+    Family,
+    ModelConfig,
+    is_integer,
+    size_problem,
+)
 from model_zoo.errors import GemmaforgeError
 
 MODEL_TYPES = {"gemma": Family.GEMMA1, "gemma2": Family.GEMMA2, "gemma3_text": Family.GEMMA3}
@@ -13,67 +28,136 @@ _LAYER_TYPES = {"sliding_attention": AttentionType.LOCAL, "full_attention": Atte
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new")
 
 
-def _rope(hf: dict[str, Any], layer_type: str) -> tuple[float, float]:
+def _mapping(value: object, key: str, source: str) -> dict:
+    """`value` when it is a JSON object (an absent or null one is empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GemmaforgeError(f"{source}: {key} is {shown(value)}; expected an object")
+    return value
+
+
+def _size(hf: dict, key: str, limit: int, source: str, default: object = None) -> int:
+    """A positive integer field, bounded by `limit`; absent or null gives `default`."""
+    value = hf.get(key)
+    value = default if value is None else value
+    if value is None:
+        raise GemmaforgeError(f"{source} lacks {key}, which a Gemma config.json has")
+    problem = size_problem(key, value, limit)
+    if problem:
+        raise GemmaforgeError(f"{source}: {problem}")
+    return value
+
+
+def _positive(hf: dict, key: str, source: str, default: float | None) -> float | None:
+    """A positive finite number field; absent or null gives `default`."""
+    value = hf.get(key)
+    if value is None:
+        return default
+    if not (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0):
+        raise GemmaforgeError(f"{source}: {key} is {shown(value)}; expected a positive number")
+    return float(value)
+
+
+def _token_id(hf: dict, key: str, vocab: int, source: str, default: int) -> int:
+    """A token id field (the first of a list, as eos_token_id may be), inside the vocabulary."""
+    value = hf.get(key)
+    if isinstance(value, list) and value:
+        value = value[0]
+    value = default if value is None else value
+    if not (is_integer(value) and 0 <= value < vocab):
+        raise GemmaforgeError(f"{source}: {key} is {shown(value)}; expected a token id from 0 "
+                              f"to {vocab - 1}")
+    return value
+
+
+def _rope(hf: dict[str, Any], layer_type: str, source: str) -> tuple[float, float]:
     """(base, linear scale) of one layer type from transformers 4.x or 5.x fields."""
-    params = hf.get("rope_parameters") or {}
+    params = _mapping(hf.get("rope_parameters"), "rope_parameters", source)
     if layer_type in params:  # 5.x: one dict per layer type
-        params = params[layer_type]
-    theta = params.get("rope_theta")
+        params = _mapping(params[layer_type], f"rope_parameters.{layer_type}", source)
+    theta = _positive(params, "rope_theta", source, None)
     if theta is None:  # 4.x: flat fields
-        theta = (hf.get("rope_local_base_freq", 10_000.0) if layer_type == "sliding_attention"
-                 else hf.get("rope_theta", 10_000.0))
-    scaling = params if "rope_type" in params else (
-        hf.get("rope_scaling") if layer_type == "full_attention" else None) or {}
+        theta = (_positive(hf, "rope_local_base_freq", source, 10_000.0)
+                 if layer_type == "sliding_attention"
+                 else _positive(hf, "rope_theta", source, 10_000.0))
+    scaling = params if "rope_type" in params else _mapping(
+        hf.get("rope_scaling") if layer_type == "full_attention" else None, "rope_scaling",
+        source)
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind not in ("default", "linear"):
-        raise GemmaforgeError(f"RoPE type {kind!r} of {layer_type} layers is not supported "
-                              "(default and linear are)")
-    return float(theta), float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0
+        raise GemmaforgeError(f"{source}: RoPE type {shown(kind)} of {layer_type} layers is not "
+                              "supported (default and linear are)")
+    return theta, _positive(scaling, "factor", source, 1.0) if kind == "linear" else 1.0
+
+
+def _layer_types(hf: dict[str, Any], family: Family, layers: int,
+                 source: str) -> tuple[AttentionType, ...]:
+    """Every layer's attention type: Gemma 1 is all global, Gemma 2 alternates from local, and
+    Gemma 3 configs list them."""
+    if family is Family.GEMMA1:
+        return (AttentionType.GLOBAL,) * layers
+    named = hf.get("layer_types") or (["sliding_attention", "full_attention"] * layers)[:layers]
+    if not isinstance(named, list) or len(named) != layers:
+        raise GemmaforgeError(f"{source}: layer_types is {shown(named)}; expected a list of "
+                              f"{layers} (num_hidden_layers) layer types")
+    unknown = next((t for t in named if not isinstance(t, str) or t not in _LAYER_TYPES), None)
+    if unknown is not None:
+        raise GemmaforgeError(f"{source}: layer type {shown(unknown)} is not one of "
+                              f"{', '.join(_LAYER_TYPES)}")
+    return tuple(_LAYER_TYPES[t] for t in named)
 
 
 def config_from_hf(hf: dict[str, Any], name: str = "hf") -> ModelConfig:
-    """Our config from a parsed HF `config.json`."""
+    """Our config from a parsed HF `config.json` (of the folder `name`), every size checked
+    against the file's other fields and sane bounds before anything is built from it."""
+    source = f"{name}/config.json"
+    hf = _mapping(hf, "the file", source)
     if hf.get("model_type") == "gemma3" and "text_config" in hf:
-        hf = {**hf["text_config"], "model_type": "gemma3_text"}
+        hf = {**_mapping(hf["text_config"], "text_config", source), "model_type": "gemma3_text"}
     model_type = hf.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise GemmaforgeError(
-            f"config.json has model_type {model_type!r}; gemmaforge reads "
+            f"{source} has model_type {shown(model_type)}; gemmaforge reads "
             f"{', '.join(MODEL_TYPES)} (and multimodal gemma3's text part)")
     family = MODEL_TYPES[model_type]
     activation = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if activation not in _GELU_TANH:
-        raise GemmaforgeError(f"activation {activation!r} is not Gemma's tanh GELU")
-    layers = int(hf["num_hidden_layers"])
-    if family is Family.GEMMA1:
-        layer_types = ["full_attention"] * layers
-    else:
-        layer_types = hf.get("layer_types") or (
-            ["sliding_attention", "full_attention"] * layers)[:layers]
-    pattern = _shortest_period(tuple(_LAYER_TYPES[t] for t in layer_types))
-    local_base, _ = _rope(hf, "sliding_attention")
-    global_base, global_scale = _rope(hf, "full_attention")
-    head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
-    return ModelConfig(
-        name=name, family=family, vocab_size=int(hf["vocab_size"]),
-        embed_dim=int(hf["hidden_size"]), num_layers=layers,
-        num_heads=int(hf["num_attention_heads"]),
-        num_kv_heads=int(hf.get("num_key_value_heads", hf["num_attention_heads"])),
-        head_dim=head_dim, hidden_dim=int(hf["intermediate_size"]),
+        raise GemmaforgeError(f"{source}: activation {shown(activation)} is not Gemma's tanh GELU")
+    layers = _size(hf, "num_hidden_layers", MAX_LAYERS, source)
+    pattern = _shortest_period(_layer_types(hf, family, layers, source))
+    local_base, _ = _rope(hf, "sliding_attention", source)
+    global_base, global_scale = _rope(hf, "full_attention", source)
+    embed_dim = _size(hf, "hidden_size", MAX_EMBED_DIM, source)
+    heads = _size(hf, "num_attention_heads", MAX_HEADS, source)
+    kv_heads = _size(hf, "num_key_value_heads", heads, source, default=heads)
+    head_dim = _size(hf, "head_dim", MAX_HEAD_DIM, source, default=max(embed_dim // heads, 1))
+    vocab = _size(hf, "vocab_size", MAX_VOCAB, source)
+    local = AttentionType.LOCAL in pattern
+    fields = dict(
+        name=name, family=family, vocab_size=vocab, embed_dim=embed_dim, num_layers=layers,
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        hidden_dim=_size(hf, "intermediate_size", MAX_HIDDEN_DIM, source),
         attention_pattern=pattern,
-        sliding_window=(int(hf["sliding_window"]) if AttentionType.LOCAL in pattern else None),
+        sliding_window=_size(hf, "sliding_window", MAX_CONTEXT, source) if local else None,
         rope_base_global=global_base, rope_base_local=local_base,
         rope_scale_global=global_scale,
-        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or head_dim),
-        attn_logit_softcap=hf.get("attn_logit_softcapping"),
-        final_logit_softcap=hf.get("final_logit_softcapping"),
+        query_pre_attn_scalar=_positive(hf, "query_pre_attn_scalar", source, float(head_dim)),
+        attn_logit_softcap=_positive(hf, "attn_logit_softcapping", source, None),
+        final_logit_softcap=_positive(hf, "final_logit_softcapping", source, None),
         use_post_attn_norm=family is not Family.GEMMA1,
         use_post_ffw_norm=family is not Family.GEMMA1,
         use_qk_norm=family is Family.GEMMA3,
-        max_context=int(hf.get("max_position_embeddings", 8192)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        bos_id=int(hf.get("bos_token_id", 2)), eos_id=_first(hf.get("eos_token_id", 1)),
-        pad_id=int(hf.get("pad_token_id", 0) or 0))
+        max_context=_size(hf, "max_position_embeddings", MAX_CONTEXT, source, default=8192),
+        norm_eps=_positive(hf, "rms_norm_eps", source, 1e-6),
+        bos_id=_token_id(hf, "bos_token_id", vocab, source, 2),
+        eos_id=_token_id(hf, "eos_token_id", vocab, source, 1),
+        pad_id=_token_id(hf, "pad_token_id", vocab, source, 0))
+    try:
+        return ModelConfig(**fields)
+    except GemmaforgeError as error:  # the dataclass's own checks (heads divisible...)
+        raise GemmaforgeError(f"{source}: {error}") from None
 
 
 def _shortest_period(types: tuple[AttentionType, ...]) -> tuple[AttentionType, ...]:
@@ -82,10 +166,6 @@ def _shortest_period(types: tuple[AttentionType, ...]) -> tuple[AttentionType, .
         if all(t == types[i % period] for i, t in enumerate(types)):
             return types[:period]
     return types
-
-
-def _first(value) -> int:
-    return int(value[0] if isinstance(value, list) else value)
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:

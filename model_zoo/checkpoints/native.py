@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from model_zoo.checkpoints.hf_names import SAME, TensorMap
+from model_zoo.checkpoints.untrusted import reading
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
@@ -92,19 +93,20 @@ def read_tensors(path: Path, *, mapped: bool = False) -> dict[str, np.ndarray]:
 
     header, data_start = read_header(path)
     tensors = {}
-    for name, entry in header.items():
-        if entry["dtype"] not in _DTYPES:
-            raise GemmaforgeError(f"{path}: {name} has dtype {entry['dtype']}, which gemmaforge "
-                                  "does not write")
-        start, end = entry["data_offsets"]
-        dtype = _DTYPES[entry["dtype"]]
-        count = (end - start) // dtype.itemsize
-        if mapped:
-            tensors[name] = np.memmap(path, dtype, "r", data_start + start,
-                                      tuple(entry["shape"]))
-        else:
-            tensors[name] = np.fromfile(path, dtype, count,
-                                        offset=data_start + start).reshape(entry["shape"])
+    with reading(path, "a safetensors file"):
+        for name, entry in header.items():
+            if entry["dtype"] not in _DTYPES:
+                raise GemmaforgeError(f"{path}: {name} has dtype {entry['dtype']}, which "
+                                      "gemmaforge does not write")
+            start, end = entry["data_offsets"]
+            dtype = _DTYPES[entry["dtype"]]
+            count = (end - start) // dtype.itemsize
+            if mapped:
+                tensors[name] = np.memmap(path, dtype, "r", data_start + start,
+                                          tuple(entry["shape"]))
+            else:
+                tensors[name] = np.fromfile(path, dtype, count,
+                                            offset=data_start + start).reshape(entry["shape"])
     return tensors
 
 

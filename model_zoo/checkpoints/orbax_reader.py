@@ -11,14 +11,17 @@ time, to numpy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from model_zoo.checkpoints.collect import Collector, unexpected
+from model_zoo.checkpoints.untrusted import check_tree, one_line, shown
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params
@@ -97,12 +100,33 @@ def read_orbax(path: str | os.PathLike, config: ModelConfig,
     import orbax.checkpoint as ocp  # slow to import; only this reader needs it
 
     path = os.path.abspath(os.fspath(path))
+    check_tree(Path(path))
     checkpointer = ocp.PyTreeCheckpointer()
-    try:
+    with _orbax_errors(path):
         tree = checkpointer.metadata(path).item_metadata.tree
-    except Exception as error:  # orbax raises many kinds for a broken directory
+        if not isinstance(tree, dict):
+            raise GemmaforgeError(f"{path}: the checkpoint holds a {type(tree).__name__}; "
+                                  "expected a tree of named arrays")
+        return _read(checkpointer, path, tree, config, shardings)
+
+
+@contextlib.contextmanager
+def _orbax_errors(path: str) -> Iterator[None]:
+    """Orbax and TensorStore raise many kinds of exception for a broken directory: one line."""
+    try:
+        yield
+    except GemmaforgeError:
+        raise
+    except Exception as error:
         raise GemmaforgeError(f"{path} is not a readable Orbax checkpoint "
-                              f"({type(error).__name__}: {error})") from None
+                              f"({shown(one_line(f'{type(error).__name__}: {error}'))})") from None
+
+
+def _read(checkpointer, path: str, tree: dict, config: ModelConfig,
+          shardings: Params | None) -> Params:
+    """The tree's parameters, checked against `config` before any is restored."""
+    import orbax.checkpoint as ocp
+
     collector = Collector(config, path, shardings)
     groups: dict[str, list[tuple[tuple[str, ...], object]]] = {}
     extra = []
@@ -135,5 +159,5 @@ def read_orbax(path: str | os.PathLike, config: ModelConfig,
             _, targets = _targets(config, module, tuple(value.shape))
             array = np.asarray(value, dtype=np.float32)
             for our_path, convert in targets:
-                collector.add(our_path, convert(array))
+                collector.add(our_path, convert(array), module)
     return collector.finish()

@@ -9,7 +9,7 @@ their layout are converted a block of rows at a time.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -19,7 +19,16 @@ import numpy as np
 
 from model_zoo.checkpoints.collect import Collector, aligned_empty, unexpected
 from model_zoo.checkpoints.hf_names import TensorMap, hf_tensor_map
-from model_zoo.config import ModelConfig
+from model_zoo.checkpoints.untrusted import (
+    check_tiling,
+    inside,
+    open_regular,
+    parse_json,
+    read_small,
+    reading,
+    shown,
+)
+from model_zoo.config import ModelConfig, is_integer
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params
 
@@ -30,31 +39,53 @@ TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 VISION_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.",
                    "model.multi_modal_projector.")
 ROWS_PER_STEP = 16384
+# The safetensors library's own bound on the JSON header.
 MAX_HEADER_BYTES = 100 << 20
+# More tensors than one file of a MAX_LAYERS Gemma holds, quantized artifacts' scales included;
+# a header of millions of empty tensors would cost ~500 bytes of memory per header byte.
+MAX_TENSORS = 1 << 16
+# Gemma's weights have at most 4 dimensions (the gemma library's kv_einsum); past 8 a header is
+# crafted.
+MAX_RANK = 8
+# A Gemma config.json is a few kB and an index a few hundred.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_INDEX_BYTES = 16 << 20
+# Every dtype of the safetensors format, with its item size: a tensor's byte range is checked
+# against its shape in any of them, even those that are refused when read as weights.
+ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+              "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_SAFETENSORS = "a safetensors file"
 
 
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GemmaforgeError(f"{folder} has no config.json; a Hugging Face folder needs one") \
-            from None
-    except json.JSONDecodeError as error:
-        raise GemmaforgeError(f"{path} is not valid JSON: {error}") from None
+    if not path.exists():
+        raise GemmaforgeError(f"{folder} has no config.json; a Hugging Face folder needs one")
+    config = parse_json(read_small(path, MAX_CONFIG_BYTES, "a config.json"), path)
+    if not isinstance(config, dict):
+        raise GemmaforgeError(f"{path} holds a JSON {type(config).__name__}; expected an object")
+    return config
+
+
+def _index_files(folder: Path, index: Path) -> list[Path]:
+    """The files an index's weight_map names, each kept inside `folder`."""
+    data = parse_json(read_small(index, MAX_INDEX_BYTES, "a safetensors index"), index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise GemmaforgeError(f"{index} has no weight_map object; expected tensor name -> file")
+    return sorted({inside(folder, name, index) for name in weight_map.values()})
 
 
 def safetensors_files(folder: Path) -> list[Path]:
     """The weight files of a folder, from its index when there is one."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = sorted({folder / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
+        files = _index_files(folder, index)
+        missing = [shown(f.name) for f in files if not f.exists()]
         if missing:
             raise GemmaforgeError(f"{index} lists missing file(s): {', '.join(missing)}")
         return files
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(inside(folder, path.name, folder) for path in folder.glob("*.safetensors"))
     if not files:
         pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
         hint = (f" ({', '.join(pickles)} are pickle files, which gemmaforge refuses to load: "
@@ -63,21 +94,62 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
+def _entry(path: Path, name: str, entry: object) -> dict:
+    """One header entry, its fields typed and its byte range the size its shape and dtype
+    give."""
+    if not name.isprintable():
+        raise GemmaforgeError(f"{path}: tensor name {shown(name)} is not printable; the file is "
+                              "damaged or not a safetensors file")
+    fields = ("dtype", "shape", "data_offsets")
+    if not isinstance(entry, dict) or not all(field in entry for field in fields):
+        raise GemmaforgeError(f"{path}: tensor {name} is {shown(entry)}; expected an object with "
+                              "dtype, shape and data_offsets")
+    dtype, shape, offsets = (entry[field] for field in fields)
+    if not isinstance(dtype, str) or dtype not in ITEM_BYTES:
+        raise GemmaforgeError(f"{path}: tensor {name} has dtype {shown(dtype)}; expected one of "
+                              f"{', '.join(ITEM_BYTES)}")
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(is_integer(d) and d >= 0 for d in shape)):
+        raise GemmaforgeError(f"{path}: tensor {name} has shape {shown(shape)}; expected a list "
+                              f"of at most {MAX_RANK} sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(is_integer(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise GemmaforgeError(f"{path}: tensor {name} has data_offsets {shown(offsets)}; "
+                              "expected [start, end] with 0 <= start <= end")
+    size = math.prod(shape) * ITEM_BYTES[dtype]
+    if offsets[1] - offsets[0] != size:
+        raise GemmaforgeError(
+            f"{path}: tensor {name} is {dtype} {shape}, {size} bytes, but its data_offsets "
+            f"{offsets} span {offsets[1] - offsets[0]}; the header does not match the data")
+    return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+
+
 def read_header(path: Path) -> tuple[dict, int]:
-    """(tensor entries, byte offset of the data section)."""
-    with open(path, "rb") as file:
-        head = file.read(8)
-        if len(head) < 8:
-            raise GemmaforgeError(f"{path} is truncated: no safetensors header")
-        (size,) = struct.unpack("<Q", head)
-        if size > MAX_HEADER_BYTES:
-            raise GemmaforgeError(f"{path} is not a safetensors file (header of {size} bytes)")
-        try:
-            header = json.loads(file.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise GemmaforgeError(f"{path} is not a safetensors file (bad header)") from None
-    header.pop("__metadata__", None)
-    return header, 8 + size
+    """(tensor entries, byte offset of the data section), every entry checked against the file:
+    dtype, shape and byte range agree, and the ranges tile the data without gaps or overlaps."""
+    with reading(path, _SAFETENSORS):
+        with open_regular(path) as file:
+            file_bytes = os.fstat(file.fileno()).st_size
+            head = file.read(8)
+            if len(head) < 8:
+                raise GemmaforgeError(f"{path} is truncated: no safetensors header")
+            (size,) = struct.unpack("<Q", head)
+            if size > min(MAX_HEADER_BYTES, file_bytes - 8):
+                raise GemmaforgeError(f"{path} is not a safetensors file (a header of {size} "
+                                      f"bytes in a file of {file_bytes})")
+            header = parse_json(file.read(size), path)
+        if not isinstance(header, dict):
+            raise GemmaforgeError(f"{path}: the safetensors header is a JSON "
+                                  f"{type(header).__name__}; expected an object")
+        header.pop("__metadata__", None)
+        if len(header) > MAX_TENSORS:
+            raise GemmaforgeError(f"{path} lists {len(header)} tensors, over the {MAX_TENSORS} "
+                                  "gemmaforge reads")
+        entries = {name: _entry(path, name, entry) for name, entry in header.items()}
+        start = 8 + size
+        check_tiling(path, [(name, start + e["data_offsets"][0], start + e["data_offsets"][1])
+                            for name, e in entries.items()], start, file_bytes)
+    return entries, 8 + size
 
 
 def text_name(name: str) -> str | None:
@@ -101,8 +173,7 @@ def read_safetensors(paths: list[Path], config: ModelConfig, source: str,
     extra = []
     for path in paths:
         header, data_start = read_header(path)
-        file_bytes = os.path.getsize(path)
-        with open(path, "rb") as file:
+        with reading(path, _SAFETENSORS), open_regular(path) as file:
             for name, info in header.items():
                 if name == "lm_head.weight":  # tied to the embedding: not a separate parameter
                     continue
@@ -114,11 +185,9 @@ def read_safetensors(paths: list[Path], config: ModelConfig, source: str,
                     continue
                 entry = table[hf]
                 collector.check_shape(name, tuple(info["shape"]), entry.hf_shape)
-                start, stop = (data_start + o for o in info["data_offsets"])
-                if stop > file_bytes:
-                    raise GemmaforgeError(f"{path} is truncated inside tensor {name}")
+                start = data_start + info["data_offsets"][0]
                 collector.add(entry.path,
-                              _read(file.fileno(), path, name, info["dtype"], start, entry))
+                              _read(file.fileno(), path, name, info["dtype"], start, entry), name)
     if extra:
         raise unexpected(source, extra)
     return collector.finish()
