@@ -111,10 +111,12 @@ def _weight_bytes(root: str) -> dict:
 def _phases(root: str) -> dict:
     """The converter's share of the time, and the writing of the placed weights after it."""
     with open(f"{root}/manifest.json") as stream:
-        section = json.load(stream)["formats"]["litert"]
-    return {"convert_seconds": section["convert_seconds"],
-            "write_weights_seconds": section["weights_written_after_conversion"]["seconds"],
-            "weights_written_after_conversion": section["weights_written_after_conversion"]}
+        manifest = json.load(stream)
+    timings = manifest["timings"]["litert"]
+    return {"convert_seconds": timings["convert_seconds"],
+            "write_weights_seconds": timings["write_weights_seconds"],
+            "weights_written_after_conversion":
+                manifest["formats"]["litert"]["weights_written_after_conversion"]}
 
 
 def _weights_in_place(root: str, preset: str, samples: int = 64) -> dict:
@@ -179,7 +181,7 @@ def engine_speed(artifact, prefill: int, decode: int, repeats: int, threads: int
     """The LiteRT-LM engine's own benchmark on the artifact's .litertlm, in a child process:
     median prefill and decode tokens/s over `repeats` runs after the one that writes the weight
     cache, and the engine's log."""
-    bundle = str(artifact.root / artifact.format("litert")["bundle"]["file"])
+    bundle = str(artifact.file(artifact.format("litert")["bundle"]["file"]))
     engine = subprocess.run([sys.executable, "-c", ENGINE, bundle, str(prefill), str(decode),
                              str(repeats), str(threads), tempfile.mkdtemp(dir=scratch)],
                             capture_output=True, text=True, check=True)

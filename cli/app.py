@@ -6,20 +6,25 @@ and exit non-zero, without a traceback.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
+import signal
 import sys
+import time
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
 from exporter import export, parse_formats, parse_platforms
+from exporter.artifact import INTERRUPTS, reserve
 from model_zoo import get_preset, preset_names
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import default_max_len
 from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
 from quantize import get_recipe, model_config, quantize_params
-from runtimes.artifact import open_artifact
+from runtimes.artifact import open_artifact, verify_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import PRIMARY, RUNTIMES, make_runner
 from runtimes.sampling import SamplerConfig
@@ -87,7 +92,8 @@ def generate_command(
     tokenizer: str | None = typer.Option(None, "--tokenizer",
                                          help="SentencePiece tokenizer.model to use."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=0),
-    seed: int = typer.Option(0, "--seed", help="Seed of random weights and of sampling."),
+    seed: int = typer.Option(0, "--seed", min=0,
+                             help="Seed of random weights and of sampling."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
     top_k: int = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely (0: all)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus mass."),
@@ -169,7 +175,8 @@ def export_command(
         help="Quantize the weights once with a recipe (f32, fp16, int8, int4, int4-b128, "
              "int4-cal; source keeps a GGUF's own grids) or a .toml/.json recipe file; one "
              "quantization for every format (LiteRT: int8, float32 for source grids)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    force: bool = typer.Option(False, "--force",
+                               help="Replace --out if it is an artifact directory."),
     validate: bool = typer.Option(True, "--validate/--no-validate",
                                   help="Validate each format on its main runtime after export."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -180,16 +187,20 @@ def export_command(
     # Random weights stay undrawn: the writers stream them, one tensor at a time (a calibrated
     # recipe runs the model first, so it draws them).
     calibrated = quant is not None and get_recipe(quant).method != "rtn"
-    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=device_mesh,
-                 materialize=calibrated)
-    manifest = export(model, out, formats=formats, max_len=max_len,
-                      buckets=_parse_buckets(buckets), platforms=parse_platforms(platforms),
-                      mesh=device_mesh, fused=fused, symbolic_prefill=symbolic, task=task,
-                      onnx_profile=onnx_profile, quant=quant,
-                      onnx_accuracy_level=onnx_accuracy_level, force=force)
-    report = None
-    if validate:  # the quick check; `gemmaforge validate` runs every runtime
-        report = validate_artifact(out, [PRIMARY[name] for name in formats])
+    prefill_lengths, targets = _parse_buckets(buckets), parse_platforms(platforms)
+    # --out is checked and locked before the model loads, and stays locked until validation
+    # has recorded its verdict: a second export of the same --out fails at once.
+    with reserve(out, force=force):
+        model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
+                     mesh=device_mesh, materialize=calibrated)
+        manifest = export(model, out, formats=formats, max_len=max_len,
+                          buckets=prefill_lengths, platforms=targets, mesh=device_mesh,
+                          fused=fused, symbolic_prefill=symbolic, task=task,
+                          onnx_profile=onnx_profile, quant=quant,
+                          onnx_accuracy_level=onnx_accuracy_level, force=force)
+        report = None
+        if validate:  # the quick check; `gemmaforge validate` runs every runtime
+            report = validate_artifact(out, [PRIMARY[name] for name in formats])
     if as_json:
         print(json.dumps(open_artifact(out).manifest, indent=2))
     else:
@@ -197,7 +208,7 @@ def export_command(
               f"{','.join(map(str, manifest['buckets']))}, max_len {manifest['max_len']}, "
               f"weights {model.source}"
               + (f", quantized {manifest['recipe']}" if "quantization" in manifest else "")
-              + f", {manifest['export_seconds']} s")
+              + f", {manifest['timings']['export_seconds']} s")
         if report is not None:
             print(format_report(report))
     if report is not None and not report["passed"]:
@@ -234,7 +245,7 @@ def run_command(
                                 help=f"One of {', '.join(RUNTIMES)}."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=0),
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of sampling."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
     top_k: int = typer.Option(0, "--top-k", min=0),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
@@ -253,19 +264,89 @@ def run_command(
     _print_generation(result, as_json, chat)
 
 
+@app.command("verify")
+def verify_command(
+    directory: str = typer.Argument(..., help="An artifact directory from `gemmaforge export`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Check every file of an artifact against its manifest (size and sha256), runs nothing."""
+    result = verify_artifact(directory)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        for row in result["files"]:
+            print(f"{'ok' if row['status'] == 'ok' else 'FAIL':<5}{row['size']:>14,}  "
+                  f"{row['path']}" + ("" if row["status"] == "ok" else f"  ({row['status']})"))
+        for path in result["unlisted"]:
+            print(f"{'FAIL':<5}{'':>14}  {path}  (not listed in the manifest)")
+    if not result["passed"]:
+        raise GemmaforgeError(f"{directory} does not match its manifest: re-export it or get "
+                              "it again from its source")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as KeyboardInterrupt is for SIGINT: every cleanup
+    on the way out runs (an export's scratch directory and lock go)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def _raise_later(signum: int) -> None:
+    time.sleep(0.01)
+    _thread.interrupt_main(signum)
+
+
+def _keep_interrupts(previous_hook):
+    """An unraisable-exception hook that gives back an interrupt raised where Python swallows
+    exceptions (JAX's gc callback, a __del__), instead of losing it and carrying the export on
+    to the end: the signal is raised again in the main thread, from another thread a moment
+    later (raised from here it would be raised in this hook, and lost again)."""
+    signals = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type not in signals:
+            previous_hook(unraisable)
+            return
+        _thread.start_new_thread(_raise_later, (signals[unraisable.exc_type],))
+
+    return hook
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM end the command by exceptions, whatever runs when they come."""
+    previous = signal.signal(signal.SIGTERM, _terminate), sys.unraisablehook
+    sys.unraisablehook = _keep_interrupts(previous[1])
+    try:
+        # The console script (cli.launch) holds them back while the modules load.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        sys.unraisablehook = previous[1]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    """Console entry point: user errors become one line on stderr and a non-zero exit; SIGINT
+    exits 130 and SIGTERM 143, after the cleanups (an interrupted export leaves nothing, or a
+    complete artifact whose manifest says it was not validated)."""
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="gemmaforge", standalone_mode=False)
+        with _interruptible():
+            result = command.main(args=argv, prog_name="gemmaforge", standalone_mode=False)
     except NoArgsIsHelpError as error:
         print(error.ctx.get_help())
         sys.exit(2)
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("gemmaforge: aborted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("gemmaforge: terminated", file=sys.stderr)
+        sys.exit(143)
     except typer.TyperException as error:
         print(f"gemmaforge: error: {error.format_message()}", file=sys.stderr)
         sys.exit(error.exit_code)

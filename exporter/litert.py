@@ -15,10 +15,13 @@ memory while it writes (`python -m benchmarks litert-convert` measures the peak)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import time
+import uuid
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -27,6 +30,7 @@ from jax import export as jax_export
 from exporter.tflite_inspect import describe
 from exporter.tflite_weights import fill_weights, placeable, placeholder
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, kv_names
+from model_zoo.checkpoints.default import sha256_of
 from model_zoo.checkpoints.native import weight_offsets, weight_specs
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
@@ -149,9 +153,12 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     converted = time.perf_counter() - started
     written = fill_weights(path, placed, weights_file, offsets, shapes)
     structure = describe(path)
+    # The timings vary from run to run: the exporter keeps them apart from the description.
+    timings = {"convert_seconds": round(converted, 2),
+               "write_weights_seconds": written.pop("seconds")}
     return {"file": f"{DIRECTORY}/{TFLITE}", "fused": fused,
-            "signatures": structure["signatures"], "convert_seconds": round(converted, 2),
-            "weights_written_after_conversion": written}
+            "signatures": structure["signatures"], "weights_written_after_conversion": written,
+            "timings": timings}
 
 
 def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_len: int):
@@ -182,11 +189,37 @@ def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_l
     return metadata
 
 
+# The .litertlm header's creation_timestamp: fixed (the .task entries' date), so that the same
+# export writes the same bytes.
+BUNDLE_TIMESTAMP = "2024-01-01T00:00:00+00:00"
+
+
+def bundle_identity(name: str, *parts: Path):
+    """litert-lm-builder's `populate_system_metadata`, which stamps every bundle with a random
+    uuid and the time of writing, replaced by one that derives the uuid from the bundle's
+    content (the model name and the files it packs) and writes BUNDLE_TIMESTAMP."""
+    from litert_lm_builder import DType, Metadata
+
+    digest = hashlib.sha256(name.encode())
+    for part in parts:
+        digest.update(bytes.fromhex(sha256_of(part)))
+    stamp = {"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"gemmaforge:{digest.hexdigest()}")),
+             "creation_timestamp": BUNDLE_TIMESTAMP}
+
+    def populate(system_metadata: list) -> list:
+        kept = [entry for entry in system_metadata if entry.key not in stamp]
+        return kept + [Metadata(key=key, value=value, dtype=DType.STRING)
+                       for key, value in stamp.items()]
+
+    return populate
+
+
 def write_litertlm(directory: Path, config: ModelConfig, tokenizer_model: Path, *, bos_id: int,
                    stop_ids: list[int], max_len: int) -> dict:
     """Bundles directory/model.tflite, the SentencePiece model and LlmMetadata into
     directory/model.litertlm with litert-lm-builder."""
     import litert_lm_builder
+    from litert_lm_builder import litertlm_builder
 
     metadata_path = directory / ".llm_metadata.pb"
     metadata_path.write_bytes(llm_metadata(config, bos_id=bos_id, stop_ids=stop_ids,
@@ -202,7 +235,9 @@ def write_litertlm(directory: Path, config: ModelConfig, tokenizer_model: Path, 
         builder.add_tflite_model(os.fspath(directory / TFLITE),
                                  litert_lm_builder.TfLiteModelType.PREFILL_DECODE,
                                  prefer_activation_type="fp32")
-    with open(directory / BUNDLE, "wb") as stream:
+    identity = bundle_identity(config.name, metadata_path, tokenizer_model, directory / TFLITE)
+    with (mock.patch.object(litertlm_builder, "populate_system_metadata", identity),
+          open(directory / BUNDLE, "wb") as stream):
         builder.build(stream)
     metadata_path.unlink()
     return {"file": f"{DIRECTORY}/{BUNDLE}", "max_num_tokens": max_len, "start_token": bos_id,

@@ -16,6 +16,7 @@ from exporter.artifact import (
     TOKENIZER,
     WEIGHTS,
     atomic_directory,
+    check_out,
     file_entries,
     tool_versions,
     write_manifest,
@@ -74,7 +75,11 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     LiteRT files; `onnx_profile` picks the ONNX ops ("ort": ONNX Runtime's fused contrib ops,
     "standard": standard opset-23 ops only). `quant` names a recipe (or a recipe file): the
     weights are quantized once and every program runs those numbers; `onnx_accuracy_level`
-    (0 or 4) is MatMulNBits' for a quantized ONNX model (see exporter.onnx_quant)."""
+    (0 or 4) is MatMulNBits' for a quantized ONNX model (see exporter.onnx_quant).
+
+    The manifest records `"validation": {"status": "not run"}` until validation rewrites it,
+    and keeps everything that varies from run to run in its `timings` section: the same model,
+    options and tool versions give the same bytes in every other file and field."""
     for name in formats:
         if name not in FORMATS:
             raise GemmaforgeError(f"unknown format {name!r}; formats: {', '.join(FORMATS)}")
@@ -83,6 +88,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
     if onnx_profile not in PROFILES:
         raise GemmaforgeError(f"unknown --onnx-profile {onnx_profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
+    check_out(out, force=force)  # before any slow work; atomic_directory checks again
     recipe = quantize.get_recipe(quant) if quant is not None else None
     # The programs run under the recipe's activation rounding (ModelConfig.activation_quant).
     config = model.config if recipe is None else quantize.model_config(model.config, recipe)
@@ -102,7 +108,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
                                    for name, (shape, _) in weight_specs(model.config).items()})
     options = resolve_options(model.config, max_len, buckets, fused=fused,
                               symbolic_prefill=symbolic_prefill)
-    started = time.perf_counter()
+    started, timings = time.perf_counter(), {}
     with atomic_directory(out, force=force) as root:
         stored = None
         if recipe is None:
@@ -151,6 +157,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
                 section = _write_quantized_tflite(model, directory, options, quantized,
                                                   manifest["quantization"]["tensors"],
                                                   root / FLOAT_FOR_LITERT)
+            timings["litert"] = section.pop("timings")
             tokenizer = manifest["tokenizer"]
             section["bundle"] = write_litertlm(
                 directory, model.config, root / TOKENIZER, bos_id=tokenizer["bos_id"],
@@ -170,8 +177,10 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             if recipe is not None:
                 tools += ["ai-edge-quantizer"]
         manifest["tools"] = tool_versions(*tools)
-        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         manifest["files"] = file_entries(root)
+        manifest["validation"] = {"status": "not run"}
+        manifest["timings"] = {"export_seconds": round(time.perf_counter() - started, 2),
+                               **timings}
         write_manifest(root, manifest)
     return manifest
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from exporter import integrity
 from exporter.artifact import TOKENIZER, WEIGHTS, read_manifest, verify_files
 from model_zoo.checkpoints.native import native_tensor_map, read_tensors
 from model_zoo.checkpoints.safetensors_reader import read_safetensors
@@ -23,13 +24,43 @@ class Artifact:
 
     Attributes:
       root: the directory.
-      manifest: manifest.json, parsed.
+      manifest: manifest.json, parsed and checked.
       config: the model's architecture.
+      files: the manifest's file entries by relative path.
+
+    Runtimes reach the artifact's files through `file` and `folder` only: each path is
+    confined to `root` and checked against the manifest's size and sha256 before use.
     """
 
     root: Path
     manifest: dict
     config: ModelConfig
+    files: dict[str, integrity.FileEntry] = dataclasses.field(default_factory=dict)
+
+    def file(self, relative: object) -> Path:
+        """The verified path of one of the artifact's files (`relative` as the manifest
+        names it)."""
+        integrity.relative_path(relative, f"{self.root}: a manifest path")
+        entry = self.files.get(str(relative))
+        if entry is None:
+            raise GemmaforgeError(f"{self.root}: {relative} is not among the manifest's files; "
+                                  "the manifest is damaged: re-export the model")
+        return integrity.verify_file(self.root, entry)
+
+    def folder(self, relative: object) -> Path:
+        """The verified path of a folder a runtime reads whole (onnxruntime-genai's): every
+        manifest file under it checked, and no file there that the manifest does not list."""
+        prefix = str(integrity.relative_path(relative, f"{self.root}: a manifest path"))
+        path = integrity.confined(self.root, prefix, f"{self.root}: folder")
+        for name, entry in self.files.items():
+            if name.startswith(prefix + "/"):
+                integrity.verify_file(self.root, entry)
+        extra = integrity.unlisted_files(self.root, self.files, prefix)
+        if extra:
+            raise GemmaforgeError(f"{self.root}: {extra[0]} is not among the manifest's files "
+                                  f"but lies in {prefix}/, which the runtime reads whole; "
+                                  "remove it or re-export the model")
+        return path
 
     @property
     def max_len(self) -> int:
@@ -49,7 +80,13 @@ class Artifact:
 
     def tokenizer(self) -> Tokenizer:
         """The bundled SentencePiece model (for byte-tokenized test models, its exact twin)."""
-        return GemmaTokenizer.from_file(self.root / TOKENIZER)
+        tokenizer = GemmaTokenizer.from_file(self.file(TOKENIZER))
+        if tokenizer.vocab_size > self.config.vocab_size:
+            raise GemmaforgeError(
+                f"{self.root}: the tokenizer has {tokenizer.vocab_size} pieces but the model "
+                f"embeds {self.config.vocab_size}: it would produce ids the model cannot take; "
+                "bundle the model's own tokenizer (re-export it)")
+        return tokenizer
 
     @property
     def quantized(self) -> bool:
@@ -58,10 +95,11 @@ class Artifact:
     def weights(self, shardings: Params | None = None) -> Params:
         """The parameters the model was exported from: float32, or the quantized tree (integer
         values and scales as `QArray`s) that its programs dequantize."""
+        path = self.file(WEIGHTS)
         if self.quantized:
-            return nest_params(read_tensors(self.root / WEIGHTS))
-        return read_safetensors([self.root / WEIGHTS], self.config, str(self.root / WEIGHTS),
-                                shardings, table=native_tensor_map(self.config))
+            return nest_params(read_tensors(path))
+        return read_safetensors([path], self.config, str(path), shardings,
+                                table=native_tensor_map(self.config))
 
     def flat_weights(self, shardings: Params | None = None) -> dict:
         """The stored tensors by dotted name, as the exported programs take them."""
@@ -69,7 +107,31 @@ class Artifact:
 
 
 def open_artifact(path: str | os.PathLike) -> Artifact:
+    """The artifact at `path`, its manifest checked and every file's presence and size; each
+    file's sha256 is checked when a runtime first reads it (`Artifact.file`)."""
     root = Path(path)
     manifest = read_manifest(root)
-    verify_files(root, manifest)
-    return Artifact(root, manifest, config_from_dict(manifest["config"]))
+    files = verify_files(root, manifest, content=False)
+    return Artifact(root, manifest, config_from_dict(manifest["config"]), files)
+
+
+def verify_artifact(path: str | os.PathLike) -> dict:
+    """Every file of the artifact at `path` against its manifest, without running anything:
+    each listed file confined to the directory, a regular file of the recorded size and sha256,
+    and no file that the manifest does not list (its report folder aside). Returns
+    {"directory", "passed", "files": [{"path", "size", "status"}], "unlisted": [paths]}; the
+    status is "ok" or the reason the file fails. A manifest that cannot be read is an error."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    entries = integrity.file_entries_of(manifest, str(root / integrity.MANIFEST))
+    rows = []
+    for entry in entries.values():
+        try:
+            integrity.verify_file(root, entry)
+            status = "ok"
+        except GemmaforgeError as error:
+            status = str(error)
+        rows.append({"path": entry.path, "size": entry.size, "status": status})
+    unlisted = integrity.unlisted_files(root, entries)
+    passed = all(row["status"] == "ok" for row in rows) and not unlisted
+    return {"directory": str(root), "passed": passed, "files": rows, "unlisted": unlisted}

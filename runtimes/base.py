@@ -18,11 +18,13 @@ class Runner(Protocol):
 
     `prefill` starts a new sequence from the prompt ids (BOS included) and returns the float32
     logits [V] after its last token; `decode` appends one token and returns the next logits [V].
-    `max_len` is the cache length: prompt plus generated tokens must fit in it.
+    `max_len` is the cache length: prompt plus generated tokens must fit in it; every id is in
+    [0, vocab_size).
     """
 
     name: str
     max_len: int
+    vocab_size: int
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
 
@@ -58,9 +60,22 @@ class Generation:
         return self.timed_decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
 
+def checked_token(runner, token: object) -> int:
+    """`token` as an int, refused unless it is an id of the runner's vocabulary: an id past the
+    embedding table reads out of bounds (IREE crashes, XLA returns NaN, the others clamp)."""
+    if isinstance(token, bool) or not isinstance(token, int | np.integer):
+        raise GemmaforgeError(f"{runner.name}: token ids are integers, got {token!r}")
+    if not 0 <= token < runner.vocab_size:
+        raise GemmaforgeError(f"{runner.name}: token id {token} is outside the model's "
+                              f"vocabulary [0, {runner.vocab_size}); is the tokenizer the "
+                              "model's own?")
+    return int(token)
+
+
 def checked_prompt(runner, prompt_ids: Sequence[int]) -> list[int]:
-    """The prompt as ints, refused when empty or longer than the runner's cache."""
-    ids = [int(i) for i in prompt_ids]
+    """The prompt as ints, refused when empty, longer than the runner's cache or holding an id
+    outside the vocabulary."""
+    ids = [checked_token(runner, i) for i in prompt_ids]
     if not ids:
         raise GemmaforgeError("the prompt is empty: it needs at least the BOS token")
     if len(ids) > runner.max_len:
@@ -69,13 +84,16 @@ def checked_prompt(runner, prompt_ids: Sequence[int]) -> list[int]:
     return ids
 
 
-def check_decode(runner, position: int | None) -> None:
-    """Refuses a decode step before any prefill or past the end of the cache."""
+def check_decode(runner, position: int | None, token: object) -> int:
+    """`token` as an int; refuses a decode step before any prefill, past the end of the cache,
+    or of an id outside the vocabulary."""
+    token = checked_token(runner, token)
     if position is None:
         raise GemmaforgeError(f"{runner.name}: decode before prefill")
     if position >= runner.max_len:
         raise GemmaforgeError(f"{runner.name}: the cache is full ({runner.max_len} tokens, the "
                               "exported --max-len); re-export with a larger --max-len")
+    return token
 
 
 def check_room(runner, prompt_tokens: int, max_new_tokens: int) -> None:

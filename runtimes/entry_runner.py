@@ -64,6 +64,7 @@ class EntryPointRunner(abc.ABC):
         self.max_len: int = artifact.max_len
         self.buckets: tuple[int, ...] = artifact.buckets
         self.pad_id: int = artifact.config.pad_id
+        self.vocab_size: int = artifact.config.vocab_size
         self._config = artifact.config
         self._position: int | None = None
 
@@ -88,7 +89,7 @@ class EntryPointRunner(abc.ABC):
         return self.decode(ids[-1])
 
     def decode(self, token: int) -> np.ndarray:
-        check_decode(self, self._position)
+        token = check_decode(self, self._position, token)
         logits = self._call(DECODE, np.array([[token]], np.int32),
                             np.array([self._position], np.int32))
         self._position += 1

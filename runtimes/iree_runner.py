@@ -76,7 +76,7 @@ class IreeRunner(EntryPointRunner):
                                       f"{info['nr_devices']} devices; the iree runner takes "
                                       "single-device exports")
             module_name = entry.replace("-", "_")
-            flatbuffer = compile_module((artifact.root / info["mlir"]).read_text(), module_name)
+            flatbuffer = compile_module(artifact.file(info["mlir"]).read_text(), module_name)
             self._context.add_vm_module(iree_runtime.VmModule.copy_buffer(
                 self._context.instance, flatbuffer))
             self._functions[entry] = self._context.modules[module_name]["main"]

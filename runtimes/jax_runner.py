@@ -12,6 +12,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.quantized import dequantize_once, is_quantized
 from model_zoo.sharding import replicated_like
 from model_zoo.transformer import Params
+from runtimes.base import check_decode, checked_prompt
 
 
 class JaxRunner:
@@ -24,11 +25,13 @@ class JaxRunner:
         self.config = config
         self.params = dequantize_once(config, params) if is_quantized(params) else params
         self.max_len = max_len
+        self.vocab_size = config.vocab_size
         self.fused = fused
         self._cache: KVCache | None = None
         self._position = 0
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        prompt_ids = checked_prompt(self, prompt_ids)
         cache = KVCache.create(self.config, 1, self.max_len,
                                sharding=replicated_like(self.params))
         logits, self._cache, lengths = inference.prefill(
@@ -37,8 +40,7 @@ class JaxRunner:
         return np.asarray(logits[0])
 
     def decode(self, token: int) -> np.ndarray:
-        if self._cache is None:
-            raise RuntimeError("decode before prefill: call prefill(prompt_ids) first")
+        token = check_decode(self, None if self._cache is None else self._position, token)
         logits, self._cache = inference.decode(self.config, self.params, [token],
                                                [self._position], self._cache, fused=self.fused)
         self._position += 1

@@ -6,12 +6,14 @@ compares its greedy continuation with the reference's."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from exporter.integrity import sha256_file
 from exporter.trace import DECODE, empty_cache
 from model_zoo.checkpoints.default import cache_dir
 from runtimes.artifact import Artifact
@@ -27,7 +29,7 @@ class LiteRTRunner(EntryPointRunner):
 
         super().__init__(artifact)
         section = artifact.format("litert")
-        self._interpreter = Interpreter(model_path=str(artifact.root / section["file"]),
+        self._interpreter = Interpreter(model_path=str(artifact.file(section["file"])),
                                         num_threads=threads)
         self._signatures = {name: self._interpreter.get_signature_runner(name)
                             for name in section["signatures"]}
@@ -42,31 +44,34 @@ class LiteRTRunner(EntryPointRunner):
         return np.array(outputs["logits"][0, 0]) if entry == DECODE else None
 
 
-NO_CACHE = ":nocache"  # the engine's own spelling for "keep no weight cache"
 # Engine caches kept (the most recently used): each is as large as its model's weights.
 ENGINE_CACHES_KEPT = 6
+# An engine cache folder's name: the first 16 hex digits of its bundle's sha256. Pruning
+# touches nothing else, so no folder that gemmaforge did not make is ever removed.
+ENGINE_CACHE_NAME = re.compile(r"[0-9a-f]{16}")
 
 
-def engine_cache_dir(artifact: Artifact, bundle: str) -> str:
+def engine_cache_dir(bundle: Path) -> Path:
     """Where the engine keeps its packed-weight (XNNPACK) cache. By default it writes a file as
     large as the model beside the bundle, inside the artifact; ours lives in the gemmaforge
-    cache, one folder per bundle content (its sha256 from the manifest), or nowhere when the
-    manifest records no digest."""
-    digest = next((entry["sha256"] for entry in artifact.manifest.get("files", [])
-                   if entry["path"] == bundle), None)
-    if digest is None:
-        return NO_CACHE
-    path = cache_dir() / "litert-lm" / digest[:16]
+    cache, one folder per bundle content: the sha256 of the file the engine loads (verified
+    against the manifest just before), never a string the manifest supplies."""
+    root = cache_dir() / "litert-lm"
+    path = root / sha256_file(bundle)[:16]
     path.mkdir(parents=True, exist_ok=True)
     os.utime(path)
-    prune_engine_caches(path.parent, ENGINE_CACHES_KEPT)
-    return str(path)
+    prune_engine_caches(root, ENGINE_CACHES_KEPT)
+    return path
 
 
 def prune_engine_caches(root: Path, keep: int) -> None:
     """Removes all but the `keep` most recently used engine caches under `root` (one folder per
-    bundle; without this, every new export leaves a model-sized cache behind)."""
-    folders = sorted((p for p in root.iterdir() if p.is_dir()),
+    bundle; without this, every new export leaves a model-sized cache behind). Only real
+    folders named as `engine_cache_dir` names them are candidates: never a symbolic link,
+    never anything else that happens to be there."""
+    folders = sorted((p for p in root.iterdir()
+                      if ENGINE_CACHE_NAME.fullmatch(p.name) and not p.is_symlink()
+                      and p.is_dir()),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in folders[keep:]:
         shutil.rmtree(stale, ignore_errors=True)
@@ -89,11 +94,11 @@ class LiteRTLMRunner:
         if bundle == "task":
             self.name = "litert-lm-task"
         self.max_len = artifact.max_len
-        path = artifact.format("litert")[bundle]["file"]
+        path = artifact.file(artifact.format("litert")[bundle]["file"])
         # The artifacts are float32; the engine's CPU default is float16 activations.
         self._engine = litert_lm.Engine(
-            str(artifact.root / path), backend=litert_lm.Backend.CPU(thread_count=threads),
-            max_num_tokens=self.max_len, cache_dir=engine_cache_dir(artifact, path),
+            str(path), backend=litert_lm.Backend.CPU(thread_count=threads),
+            max_num_tokens=self.max_len, cache_dir=str(engine_cache_dir(path)),
             activation_data_type=litert_lm.ActivationDataType.FLOAT32)
 
     def generate_text(self, prompt: str, max_new_tokens: int,

@@ -5,8 +5,11 @@ as services run it). Both take a whole prompt in one call: the graph's token cou
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -40,10 +43,11 @@ class OnnxRuntimeRunner:
         for key, value in section.get("quantization", {}).get("session_config", {}).items():
             options.add_session_config_entry(key, value)
         self.max_len = artifact.max_len
+        self.vocab_size = artifact.config.vocab_size
         self._ort = ort
         self._config = artifact.config
         self._shared = section["share_buffer"]
-        self._session = ort.InferenceSession(str(artifact.root / section["file"]), options,
+        self._session = ort.InferenceSession(str(artifact.file(section["file"])), options,
                                              providers=_providers())
         self._device = "cuda" if "CUDAExecutionProvider" in self._session.get_providers() \
             else "cpu"
@@ -91,10 +95,27 @@ class OnnxRuntimeRunner:
         return logits
 
     def decode(self, token: int) -> np.ndarray:
-        check_decode(self, self._position)
-        logits = self._run([int(token)], self._position)
+        token = check_decode(self, self._position, token)
+        logits = self._run([token], self._position)
         self._position += 1
         return logits
+
+
+@contextlib.contextmanager
+def private_tmpdir() -> Iterator[None]:
+    """TMPDIR pointed at a fresh private folder for the block, removed after it.
+    onnxruntime-genai writes a session file under a fixed name (`$TMPDIR/.ses`) when a model
+    is made, and follows a link planted there by another user of a shared /tmp."""
+    previous = os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="gemmaforge-genai-") as private:
+        os.environ["TMPDIR"] = private
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous
 
 
 class OrtGenaiRunner:
@@ -109,11 +130,14 @@ class OrtGenaiRunner:
         section = artifact.format("onnx")
         self._og = og
         self.max_len = artifact.max_len
-        config = og.Config(str(artifact.root / section["directory"]))
-        if threads:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                "intra_op_num_threads": threads}}}}))
-        self._model = og.Model(config)
+        self.vocab_size = artifact.config.vocab_size
+        folder = artifact.folder(section["directory"])
+        with private_tmpdir():
+            config = og.Config(str(folder))
+            if threads:
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                    "intra_op_num_threads": threads}}}}))
+            self._model = og.Model(config)
         self._generator = None
 
     def _new_generator(self):
@@ -128,14 +152,16 @@ class OrtGenaiRunner:
         return np.array(self._generator.get_logits()).reshape(-1)
 
     def decode(self, token: int) -> np.ndarray:
-        check_decode(self, None if self._generator is None else self._generator.token_count())
-        self._generator.append_tokens(np.asarray([int(token)], np.int32))
+        token = check_decode(self, None if self._generator is None
+                             else self._generator.token_count(), token)
+        self._generator.append_tokens(np.asarray([token], np.int32))
         return np.array(self._generator.get_logits()).reshape(-1)
 
     def greedy(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """onnxruntime-genai's own greedy search: the tokens its generator picks."""
+        ids = checked_prompt(self, prompt_ids)
         generator = self._new_generator()
-        generator.append_tokens(np.asarray([int(i) for i in prompt_ids], np.int32))
+        generator.append_tokens(np.asarray(ids, np.int32))
         tokens = []
         while len(tokens) < max_new_tokens and not generator.is_done():
             generator.generate_next_token()

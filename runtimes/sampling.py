@@ -12,6 +12,9 @@ import numpy as np
 
 from model_zoo.errors import GemmaforgeError
 
+# Past this, softmax(logits / T) is uniform to float64 precision for any logits a model gives.
+MAX_TEMPERATURE = 1e4
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
@@ -24,12 +27,16 @@ class SamplerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise GemmaforgeError(f"temperature must be >= 0, got {self.temperature}")
+        # Written so that NaN fails each test: every comparison with NaN is false.
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise GemmaforgeError(f"temperature must be in [0, {MAX_TEMPERATURE}] (0: greedy), "
+                                  f"got {self.temperature}")
         if self.top_k < 0:
             raise GemmaforgeError(f"top-k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise GemmaforgeError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**63:
+            raise GemmaforgeError(f"the seed must be in [0, 2**63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

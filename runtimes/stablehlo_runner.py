@@ -38,7 +38,7 @@ class StableHLORunner(EntryPointRunner):
         for entry, info in section["entry_points"].items():
             if info["symbolic"]:
                 continue
-            exported = jax_export.deserialize(bytearray((artifact.root / info["file"])
+            exported = jax_export.deserialize(bytearray(artifact.file(info["file"])
                                                         .read_bytes()))
             if platform not in exported.platforms:
                 raise GemmaforgeError(f"{artifact.root} was lowered for "

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import REPORT_DIR, tool_versions, write_manifest
+from exporter import integrity
+from exporter.artifact import REPORT_DIR, interrupts_deferred, tool_versions, write_manifest
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tokenizer import chat_prompt
 from runtimes.artifact import Artifact, open_artifact
@@ -252,14 +253,20 @@ def summary(report: dict) -> dict:
 
 
 def _record(artifact: Artifact, report: dict) -> None:
+    """Writes the report and the manifest's summary together: an interrupt waits for both, so
+    an artifact never keeps a report its manifest does not record (nor half of either)."""
     reports = artifact.root / REPORT_DIR
-    reports.mkdir(exist_ok=True)
-    partial = reports / ".validation.json.partial"
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(partial, reports / "validation.json")
+    if reports.is_symlink() or reports.exists() and not reports.is_dir():
+        raise GemmaforgeError(f"{reports} is not a folder of the artifact (a link or a file); "
+                              "remove it so that the validation report can be written")
     manifest = dict(artifact.manifest)
-    manifest["validation"] = summary(report)
-    write_manifest(Path(artifact.root), manifest)
+    manifest["validation"] = {"status": "passed" if report["passed"] else "failed",
+                              **summary(report)}
+    with interrupts_deferred():
+        reports.mkdir(exist_ok=True)
+        integrity.write_atomically(reports / "validation.json",
+                                   (json.dumps(report, indent=2) + "\n").encode())
+        write_manifest(Path(artifact.root), manifest)
 
 
 def format_report(report: dict) -> str:

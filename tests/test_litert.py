@@ -215,15 +215,3 @@ def test_lazy_random_weights_export_the_same_model(tmp_path):
     for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(eager.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert validate_artifact(tmp_path / "lazy", ["litert"], decode_steps=4)["passed"]
-
-
-def test_only_the_most_recent_engine_caches_are_kept(tmp_path):
-    from runtimes.litert_runner import prune_engine_caches
-
-    for age in range(6):
-        folder = tmp_path / f"cache{age}"
-        folder.mkdir()
-        (folder / "weights.bin").write_bytes(b"x")
-        os.utime(folder, (1_000_000 - age, 1_000_000 - age))
-    prune_engine_caches(tmp_path, 4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"cache{age}" for age in range(4)]

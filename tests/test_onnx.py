@@ -245,6 +245,7 @@ def test_bad_profile_and_existing_directory_are_refused(tmp_path, tiny_params):
         export(model, tmp_path / "out", formats=("onnx",), onnx_profile="tflite")
     assert not list(tmp_path.iterdir())
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text('{"format_version": 1}')
     with pytest.raises(GemmaforgeError, match="already exists.*--force"):
         export(model, tmp_path / "out", formats=("onnx",), max_len=MAX_LEN)
     export(model, tmp_path / "out", formats=("onnx",), max_len=MAX_LEN, force=True)

@@ -161,6 +161,9 @@ def test_existing_output_is_refused_and_failures_leave_nothing(tmp_path, tiny_pa
     (out / "keep.txt").write_text("mine")
     with pytest.raises(mz.GemmaforgeError, match="already exists.*--force"):
         export(model, out)
+    with pytest.raises(mz.GemmaforgeError, match="replaces only a gemmaforge artifact"):
+        export(model, out, force=True)
+    (out / "manifest.json").write_text('{"format_version": 1}')  # an (old) artifact: replaceable
 
     import exporter.pipeline as export_module
 
