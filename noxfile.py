@@ -21,6 +21,23 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """The reader fuzz harness for some minutes (default 5; `-- --minutes 30 --seed 3`): every
+    mutated GGUF, safetensors, HF config, tokenizer and manifest must load or fail in one line,
+    never crash, hang, print a traceback or overrun memory."""
+    session.install("-e", ".[dev]")
+    session.run("python", "tests/fuzz_readers.py", *(session.posargs or ["--minutes", "5"]))
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Regenerates docs/RELIABILITY.md: every crafted input of tests/bad_inputs.py as its own
+    process, then the fuzz harness (`-- --fuzz-minutes N`)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "tests.reliability_report", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job on the embedded default model, gemma3-270m from the package index: export
     to StableHLO and ONNX (each validated against the JAX reference), then generate with IREE

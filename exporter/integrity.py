@@ -57,7 +57,10 @@ def relative_path(text: object, where: str) -> PurePosixPath:
         raise GemmaforgeError(f"{where} must be a relative path, got {text!r}; re-export the "
                               "model")
     path = PurePosixPath(text)
-    if path.is_absolute() or ".." in path.parts or "\\" in text or "\0" in text:
+    if not text.isprintable():
+        raise GemmaforgeError(f"{where} is {text!r}: a path in an artifact holds no control "
+                              "characters; the manifest is damaged or crafted")
+    if path.is_absolute() or ".." in path.parts or "\\" in text:
         raise GemmaforgeError(f"{where} is {text!r}: paths in an artifact must stay inside it "
                               "(relative, no '..'); the manifest is damaged or crafted")
     return path

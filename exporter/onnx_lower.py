@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 import onnx
-from jax._src import source_info_util
+from jax.extend import source_info_util
 
 from exporter.onnx_fused import COMPOSITES, TAKES_PENDING, materialize
 from exporter.onnx_graph import Const, Context, Ops, Pending, Value

@@ -19,37 +19,45 @@ from exporter.onnx_quant import QuantizedWeight
 
 
 class SymInt:
-    """An int64 [1] ONNX value standing for a symbolic dimension, with the arithmetic that
-    `jax.export` dimension expressions evaluate with."""
+    """An int64 [1] ONNX value standing for a symbolic dimension. `dim_value` evaluates a
+    `jax.export` dimension expression with its variables bound to SymInts; the evaluator
+    combines them with Python ints through +, * and divmod (for floordiv and mod). It hands max
+    and min to lax, which refuses a SymInt: the walker reports such a shape as unsupported."""
 
     def __init__(self, ops: Ops, name: str):
         self.ops, self.name = ops, name
 
+    def _name(self, other) -> str:
+        return other.name if isinstance(other, SymInt) else self.ops.ints([int(other)])
+
     def _binary(self, op: str, other, reverse: bool = False) -> SymInt:
-        other_name = other.name if isinstance(other, SymInt) else self.ops.ints([int(other)])
-        pair = (other_name, self.name) if reverse else (self.name, other_name)
+        pair = (self._name(other), self.name) if reverse else (self.name, self._name(other))
         return SymInt(self.ops, self.ops.op(op, list(pair)))
 
-    def __add__(self, other):
-        return self._direct("Add", other)
+    def _divmod(self, dividend: str, divisor: str) -> tuple[SymInt, SymInt]:
+        # Python's floor division, not ONNX Div's truncation: Mod (fmod=0) takes the divisor's
+        # sign as Python's % does, and the dividend minus it divides exactly.
+        remainder = self.ops.op("Mod", [dividend, divisor], fmod=0)
+        quotient = self.ops.op("Div", [self.ops.op("Sub", [dividend, remainder]), divisor])
+        return SymInt(self.ops, quotient), SymInt(self.ops, remainder)
 
-    def __radd__(self, other):
-        return self._direct("Add", other, reverse=True)
+    def __add__(self, other) -> SymInt:
+        return self._binary("Add", other)
 
-    def __sub__(self, other):
-        return self._direct("Sub", other)
+    def __radd__(self, other) -> SymInt:
+        return self._binary("Add", other, reverse=True)
 
-    def __rsub__(self, other):
-        return self._direct("Sub", other, reverse=True)
+    def __mul__(self, other) -> SymInt:
+        return self._binary("Mul", other)
 
-    def __mul__(self, other):
-        return self._direct("Mul", other)
+    def __rmul__(self, other) -> SymInt:
+        return self._binary("Mul", other, reverse=True)
 
-    def __rmul__(self, other):
-        return self._direct("Mul", other, reverse=True)
+    def __divmod__(self, other) -> tuple[SymInt, SymInt]:
+        return self._divmod(self.name, self._name(other))
 
-    def __floordiv__(self, other):
-        return self._direct("Div", other)
+    def __rdivmod__(self, other) -> tuple[SymInt, SymInt]:
+        return self._divmod(self._name(other), self.name)
 
 
 def is_static(shape: Sequence) -> bool:
@@ -61,6 +69,7 @@ def dim_value(ops: Ops, ctx: Context, dim) -> str:
     if isinstance(dim, (int, np.integer)):
         return ops.ints([int(dim)])
     env = {name: SymInt(ops, value) for name, value in ctx.dims.items()}
+    # jax.export has no public evaluator of a dimension expression (jax is pinned below 0.11).
     result = dim._evaluate(env)
     return result.name if isinstance(result, SymInt) else ops.ints([int(result)])
 
