@@ -34,11 +34,13 @@ from model_zoo.checkpoints.default import sha256_of
 from model_zoo.checkpoints.native import weight_offsets, weight_specs
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
+from model_zoo.lowering import Composites, Head, Lowering
+from model_zoo.tokenizer import TURN_END, turn_start
+from model_zoo.transformer import EMBEDDING
 
 DIRECTORY = "litert"
 TFLITE = "model.tflite"
 BUNDLE = "model.litertlm"
-EMBEDDING = "embedder.embedding"
 
 
 def _converter():
@@ -101,14 +103,12 @@ def _bake_weights(module, attributes: dict, names: list[str]) -> None:
 
 
 def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions, context,
-                  attributes: dict, fused: bool, fused_lookup: bool = False):
+                  attributes: dict, lowering: Lowering):
     """One entry point as a converted TFL module with its signature set."""
     ir, passmanager, converter, _ = _converter()
     specs = weight_specs(config)
     names = sorted(specs)
-    # 'BTD,VD->BTV' becomes FULLY_CONNECTED, which XNNPACK runs faster than a batch matmul.
-    function = entry_function(config, entry, fused=fused, table_left_head=False,
-                              fused_lookup=fused_lookup)
+    function = entry_function(config, entry, lowering)
     tokens, positions, cache = input_specs(config, entry, options.max_len)
     weights = {n: jax.ShapeDtypeStruct(specs[n][0], specs[n][1]) for n in specs}
     exported = jax_export.export(jax.jit(function, keep_unused=True),
@@ -131,19 +131,24 @@ def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
 
 
 def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
-                 weights_file: Path, *, fused: bool = True, fused_lookup: bool = False) -> dict:
+                 weights_file: Path, *, table: bool = False) -> dict:
     """Writes directory/model.tflite with the weights in `weights_file` (our safetensors) and
-    returns its manifest section."""
+    returns its manifest section. `table` marks the tied table's lookup and soft-cap as
+    composites whatever `options` says (Composites.TABLE), for the quantizer."""
     ir, _, converter, _ = _converter()
     started = time.perf_counter()
     offsets = weight_offsets(weights_file, config)
     shapes = {name: shape for name, (shape, _) in weight_specs(config).items()}
     context = ir.Context()
     converter.prepare_mlir_context(context)
-    attributes, placed = _constants(context, config, shapes, weights_file, offsets, fused)
+    # 'BTD,VD->BTV' becomes FULLY_CONNECTED, which XNNPACK runs faster than a batch matmul.
+    lowering = Lowering(options.composites | (Composites.TABLE if table else Composites.NONE),
+                        head=Head.TOKENS_LEFT)
+    attributes, placed = _constants(context, config, shapes, weights_file, offsets,
+                                    options.fused)
     entries = [EntryPoint(f"prefill_{t}", t, False) for t in options.buckets]
     entries.append(EntryPoint("decode", 1, True))
-    modules = [convert_entry(config, entry, options, context, attributes, fused, fused_lookup)
+    modules = [convert_entry(config, entry, options, context, attributes, lowering)
                for entry in entries]
     path = directory / TFLITE
     with context:
@@ -156,7 +161,7 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     # The timings vary from run to run: the exporter keeps them apart from the description.
     timings = {"convert_seconds": round(converted, 2),
                "write_weights_seconds": written.pop("seconds")}
-    return {"file": f"{DIRECTORY}/{TFLITE}", "fused": fused,
+    return {"file": f"{DIRECTORY}/{TFLITE}", "fused": options.fused,
             "signatures": structure["signatures"], "weights_written_after_conversion": written,
             "timings": timings}
 
@@ -167,7 +172,6 @@ def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_l
     from litert_lm_builder.runtime.proto import llm_metadata_pb2, sampler_params_pb2
 
     from model_zoo.config import Family
-    from model_zoo.tokenizer import END_OF_TURN, START_OF_TURN
 
     metadata = llm_metadata_pb2.LlmMetadata()
     metadata.start_token.token_ids.ids.append(bos_id)
@@ -175,8 +179,8 @@ def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_l
         metadata.stop_tokens.add().token_ids.ids.append(stop)
     for role in ("user", "model"):
         affixes = getattr(metadata.prompt_templates, role)
-        affixes.prefix = f"{START_OF_TURN}{role}\n"
-        affixes.suffix = f"{END_OF_TURN}\n"
+        affixes.prefix = turn_start(role)
+        affixes.suffix = TURN_END
     metadata.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
     metadata.sampler_params.k = 1
     metadata.sampler_params.p = 1.0
@@ -314,14 +318,12 @@ def write_task(directory: Path, tokenizer_model: Path, *, vocab_size: int, bos_i
 
     import sentencepiece
 
-    from model_zoo.tokenizer import END_OF_TURN, START_OF_TURN
-
     pieces = sentencepiece.SentencePieceProcessor(model_file=os.fspath(tokenizer_model))
     stop_tokens = [pieces.id_to_piece(i) for i in stop_ids]
     metadata = llm_parameters(
         vocab_size=vocab_size, start_id=bos_id, start_token=pieces.id_to_piece(bos_id),
-        stop_tokens=stop_tokens, prompt_prefix=f"{START_OF_TURN}user\n",
-        prompt_suffix=f"{END_OF_TURN}\n{START_OF_TURN}model\n")
+        stop_tokens=stop_tokens, prompt_prefix=turn_start("user"),
+        prompt_suffix=TURN_END + turn_start("model"))
     with zipfile.ZipFile(directory / TASK, "w", zipfile.ZIP_STORED) as archive:
         _write_aligned(archive, "TF_LITE_PREFILL_DECODE", directory / TFLITE)
         _write_aligned(archive, "TOKENIZER_MODEL", tokenizer_model)

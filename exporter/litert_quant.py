@@ -55,11 +55,11 @@ import numpy as np
 
 from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import LM_HEAD_EQUATION
+from model_zoo.transformer import EMBEDDING as TABLE
 
 FLOAT_HOLDER = {"scheme": "float32: LiteRT's int8 per channel holds none of the checkpoint's "
                 "block grids exactly; float32 is the nearest exact holder",
                 "quantized_tensors": 0}
-TABLE = "embedder.embedding"
 INT4_BLOCKS = (32, 64, 128)  # ai-edge-quantizer's blockwise granularities that our specs have
 # ai-edge-quantizer matches its rules against an operation's output name: the LM head's
 # FULLY_CONNECTED writes the decode signature's `logits`, or (soft-capped, Gemma 2) the einsum's.

@@ -50,6 +50,7 @@ from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs
 from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
+from model_zoo.lowering import Composites, Head, Lowering
 
 DIRECTORY = "onnx"
 MODEL = "model.onnx"
@@ -122,8 +123,10 @@ def lower_decoder(config: ModelConfig, options: TraceOptions,
         raise GemmaforgeError(f"unknown ONNX profile {profile!r}; profiles: "
                               f"{', '.join(PROFILES)}")
     (length,) = jax_export.symbolic_shape("T", constraints=(f"T <= {options.max_len}",))
-    function = entry_function(config, STEP, fused=True, table_left_head=False,
-                              symbolic_composites=True, fused_rope=True)
+    # The writer reads the jaxpr itself, so composites survive the symbolic length; ONNX has
+    # rotary ops, and MatMul takes the head as tokens x table.
+    function = entry_function(config, STEP, Lowering(Composites.CORE | Composites.ROPE,
+                                                     head=Head.TOKENS_LEFT))
     specs = (weight_specs(config), *input_specs(config, STEP, options.max_len, length))
     closed, out_shapes = jax.make_jaxpr(function, return_shape=True)(*specs)
 

@@ -33,8 +33,9 @@ from model_zoo.checkpoints.native import weight_specs, write_safetensors
 from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
+from model_zoo.lowering import Composites
 from model_zoo.quantized import flatten_params
-from model_zoo.spm import GemmaTokenizer
+from model_zoo.spm import GemmaTokenizer, sentencepiece_twin
 
 FORMATS = ("stablehlo", "onnx", "litert")
 FLOAT_FOR_LITERT = ".litert-float.safetensors"  # the dequantized weights the converter reads
@@ -57,7 +58,7 @@ def tokenizer_entry(model: LoadedModel, root: Path) -> dict:
     if isinstance(tokenizer, GemmaTokenizer):
         kind, proto = "sentencepiece", tokenizer.model_proto
     else:
-        kind, proto = "bytes", tokenizer.sentencepiece_model(model.config.vocab_size)
+        kind, proto = "bytes", sentencepiece_twin(tokenizer, model.config.vocab_size)
     (root / TOKENIZER).write_bytes(proto)
     return {"kind": kind, "file": TOKENIZER, "bos_id": tokenizer.bos_id,
             "eos_id": tokenizer.eos_id, "stop_ids": list(tokenizer.stop_ids),
@@ -106,7 +107,8 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
         # Before anything is written: the recipe's grids must be ones LiteRT holds.
         litert_quant.check_recipe({name: recipe.spec_for(name, tuple(shape)).describe()
                                    for name, (shape, _) in weight_specs(model.config).items()})
-    options = resolve_options(model.config, max_len, buckets, fused=fused,
+    options = resolve_options(model.config, max_len, buckets,
+                              composites=Composites.CORE if fused else Composites.NONE,
                               symbolic_prefill=symbolic_prefill)
     started, timings = time.perf_counter(), {}
     with atomic_directory(out, force=force) as root:
@@ -151,8 +153,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             directory = root / LITERT_DIRECTORY
             directory.mkdir()
             if recipe is None:
-                section = write_tflite(model.config, directory, options, root / WEIGHTS,
-                                       fused=options.fused)
+                section = write_tflite(model.config, directory, options, root / WEIGHTS)
             else:
                 section = _write_quantized_tflite(model, directory, options, quantized,
                                                   manifest["quantization"]["tensors"],
@@ -195,8 +196,7 @@ def _write_quantized_tflite(model: LoadedModel, directory: Path, options, quanti
     try:
         write_safetensors(float_file, weight_specs(config),
                           ((name, quantize.dequantize(value)) for name, value in quantized.items()))
-        section = write_tflite(config, directory, options, float_file, fused=options.fused,
-                               fused_lookup=quantizes)
+        section = write_tflite(config, directory, options, float_file, table=quantizes)
     finally:
         float_file.unlink(missing_ok=True)
     if quantizes:

@@ -27,6 +27,7 @@ from exporter.trace import (
 from model_zoo.composites import COMPOSITE_NAMES
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
+from model_zoo.lowering import Lowering
 from model_zoo.sharding import partition_specs
 from model_zoo.tree import flatten, path_name
 
@@ -66,8 +67,11 @@ def export_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
                  weights: dict[str, jax.ShapeDtypeStruct] | None = None) -> jax_export.Exported:
     """`jax.export` of one entry point with weights (dotted name -> spec; default the float32
     parameters, else the stored tensors of a quantized tree) as its first argument."""
-    fused = options.fused and len(platforms) == 1
-    function = entry_function(config, entry, fused=fused)
+    # Composites fail under symbolic shapes and multi-platform lowering (jax-ml/jax#40486).
+    lowering = Lowering(options.composites)
+    if entry.symbolic or len(platforms) > 1:
+        lowering = lowering.without_composites()
+    function = entry_function(config, entry, lowering)
     length = None
     if entry.symbolic:
         (length,) = jax_export.symbolic_shape("T", constraints=(f"T <= {options.max_len}",))

@@ -30,6 +30,7 @@ from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
+from model_zoo.lowering import Composites, Logits, Lowering
 from model_zoo.quantized import nest_params
 from model_zoo.transformer import Params, abstract_params, apply
 from model_zoo.tree import flatten, path_name
@@ -83,13 +84,24 @@ class TraceOptions:
       max_len: the cache length (context).
       buckets: prompt lengths of the fixed-shape prefill entry points.
       symbolic_prefill: also trace `prefill` with a symbolic length.
-      fused: mark fused ops as composites (the symbolic prefill never does).
+      composites: the fused regions asked for (`--fused`: Composites.CORE, `--no-fused`:
+        Composites.NONE); each writer adds what its format needs and drops them where its
+        converter cannot lower them (the symbolic prefill, several platforms).
     """
 
     max_len: int = DEFAULT_MAX_LEN
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     symbolic_prefill: bool = True
-    fused: bool = True
+    composites: Composites = Composites.CORE
+
+    def __post_init__(self):
+        if not isinstance(self.composites, Composites):
+            raise GemmaforgeError(f"composites must be a Composites flag, got {self.composites!r}")
+
+    @property
+    def fused(self) -> bool:
+        """Whether the core fused ops are composites (the manifest's "fused")."""
+        return Composites.CORE in self.composites
 
     def entry_points(self) -> list[EntryPoint]:
         points = [EntryPoint(f"prefill_{t}", t, False) for t in self.buckets]
@@ -137,16 +149,14 @@ def weight_specs(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
             for path, leaf in flatten(abstract_params(config))}
 
 
-def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Array,
-          input_pos: jax.Array, kv_cache: dict[str, jax.Array], fused: bool,
-          table_left_head: bool, fused_rope: bool = False, fused_lookup: bool = False):
+def _step(config: ModelConfig, params: Params, entry: EntryPoint, lowering: Lowering,
+          tokens: jax.Array, input_pos: jax.Array, kv_cache: dict[str, jax.Array]):
     cache = KVCache(k=tuple(kv_cache[f"kv_cache_k_{i}"] for i in range(config.num_layers)),
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
-    last = None if entry.every_position else jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
-    logits, cache = apply(config, params, tokens, input_pos[None], cache, fused=fused,
-                          logits_index=last, table_left_head=table_left_head,
-                          logits=entry.returns_logits, fused_rope=fused_rope,
-                          fused_lookup=fused_lookup)
+    last = (jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
+            if lowering.logits is Logits.AT_INDEX else None)
+    logits, cache = apply(config, params, tokens, input_pos[None], cache, lowering,
+                          logits_index=last)
     updated = {}
     for i in range(config.num_layers):
         updated[f"kv_cache_k_{i}"] = cache.k[i]
@@ -154,33 +164,34 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
     return (logits, updated) if entry.returns_logits else updated
 
 
-def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
-                   params: Params | None = None, table_left_head: bool = True,
-                   symbolic_composites: bool = False, fused_rope: bool = False,
-                   fused_lookup: bool = False) -> Callable:
-    """The pure function of one entry point.
+def entry_lowering(entry: EntryPoint, lowering: Lowering) -> Lowering:
+    """`lowering` with the logits `entry` returns: none for a prefill, every position's where
+    the entry point says so, else the last token's."""
+    if not entry.returns_logits:
+        logits = Logits.NONE
+    else:
+        logits = Logits.EVERY if entry.every_position else Logits.AT_INDEX
+    return dataclasses.replace(lowering, logits=logits)
+
+
+def entry_function(config: ModelConfig, entry: EntryPoint, lowering: Lowering, *,
+                   params: Params | None = None) -> Callable:
+    """The pure function of one entry point, traced as `lowering` says (its composites and head
+    form; the logits are the entry point's, `entry_lowering`).
 
     With `params` None it takes `weights` (dotted names -> arrays) first:
     `f(weights, tokens, input_pos, kv_cache)`; otherwise the parameters are constants:
-    `f(tokens, input_pos, kv_cache)`. `table_left_head` picks the LM head's form for the
-    kernels that will run it (see `model_zoo.layers.Embedder.decode`). Composites are
-    dropped under a symbolic length, which jax.export cannot lower (jax-ml/jax#40486), unless
-    `symbolic_composites` says the consumer reads the jaxpr itself (the ONNX writer).
-    `fused_rope` marks the rotary embedding as a composite as well (ONNX has rotary ops),
-    `fused_lookup` the tied table's lookup and final soft-cap, with or without `fused` (for
-    ai-edge-quantizer, see `composites.embedding_lookup`).
+    `f(tokens, input_pos, kv_cache)`.
     """
-    composites = symbolic_composites or not entry.symbolic
-    fused, fused_lookup = fused and composites, fused_lookup and composites
+    lowering = entry_lowering(entry, lowering)
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
-            return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,
-                         fused, table_left_head, fused_rope, fused_lookup)
+            return _step(config, nested_weights(weights), entry, lowering, tokens, input_pos,
+                         kv_cache)
         return with_weights
 
     def with_constants(tokens, input_pos, kv_cache):
-        return _step(config, params, entry, tokens, input_pos, kv_cache, fused, table_left_head,
-                     fused_rope, fused_lookup)
+        return _step(config, params, entry, lowering, tokens, input_pos, kv_cache)
     return with_constants
 
 

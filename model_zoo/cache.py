@@ -1,8 +1,8 @@
 """The explicit KV cache: a pytree of per-layer [batch, kv_heads, max_len, head_dim] buffers.
 
 Slot s of every layer holds the key/value of the token at absolute position s; local layers mask
-by position instead of keeping a ring buffer, so every layer has the same layout (the one
-LiteRT-LM's engine reads as `kv_cache_k_<i>` / `kv_cache_v_<i>`). The cache carries no lengths:
+by position instead of keeping a ring buffer, so every layer has the same layout (the one the
+exported entry points take as `kv_cache_k_<i>` / `kv_cache_v_<i>`). The cache carries no lengths:
 positions are explicit inputs of every step.
 """
 

@@ -1,12 +1,12 @@
 """The fused ops, defined once as `jax.lax.composite` regions with stable names and attributes.
 
-Each format writer maps a composite to its own fused op (LiteRT's XNNPACK delegate recognises
-`odml.scaled_dot_product_attention`, the GPU delegate `odml.rms_norm`); a consumer that does not
-know one runs its decomposition, which is exactly the plain computation below.
+A consumer maps a composite to its own fused kernel by its name (the `odml.*` names are the ones
+on-device delegates recognise); one that does not know a name runs the decomposition, which is
+exactly the plain computation below. docs/design.md lists which writer maps which.
 
 Every op takes `fused`: True wraps the computation in the composite, False traces the plain
-decomposition. Composites fail under symbolic shapes and multi-platform lowering
-(jax-ml/jax#40486), so the exporter turns them off there. Both modes give identical numbers.
+decomposition (`model_zoo.lowering.Composites` says which are fused). Both give identical
+numbers.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _rms_norm(x: jax.Array, weight: jax.Array, *, epsilon: float) -> jax.Array:
 
 def _sdpa(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float,
           logit_cap: float | None = None) -> jax.Array:
-    """Grouped-query attention in the layout LiteRT's XNNPACK delegate expects.
+    """Grouped-query attention in the layout the `odml.scaled_dot_product_attention` kernels
+    expect.
 
     Args:
       q: queries [B, T, N, H].
@@ -75,7 +76,7 @@ def _kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k
       start: int32 [B], first slot written in each row.
       k_new, v_new: [B, K, T, H].
       kv_cache_max, window: attributes for consumers whose attention op writes the cache
-        itself (ONNX): the cache length and the layer's local window (0: global).
+        itself: the cache length and the layer's local window (0: global).
     Returns:
       The updated (k_cache, v_cache).
     """
@@ -164,24 +165,25 @@ def kv_cache_update(k_cache: jax.Array, v_cache: jax.Array, start: jax.Array, k_
 
 
 def logit_soft_cap(x: jax.Array, cap: float, *, fused: bool) -> jax.Array:
-    """The final-logit soft-cap. A composite boundary keeps converters from folding x / cap into
-    the LM head's weights, which the LiteRT converter does, storing the table a second time."""
+    """The final-logit soft-cap. A composite boundary keeps a converter from folding x / cap into
+    the LM head's weights, which would store the table a second time."""
     op = _soft_cap_composite if fused else _soft_cap
     return op(x, cap=float(cap))
 
 
 def rope(x: jax.Array, positions: jax.Array, *, base: float, scale: float,
          fused: bool) -> jax.Array:
-    """See `_rope`. Only the ONNX writer asks for it fused (ONNX Runtime has rotary ops; the
-    LiteRT delegates do not, and every composite there is a partition boundary)."""
+    """See `_rope`. Fused only where asked (Composites.ROPE): for a consumer with rotary kernels;
+    for others every composite is a partition boundary."""
     op = _rope_composite if fused else _rope
     return op(x, positions, base=float(base), scale=float(scale))
 
 
 def embedding_lookup(table: jax.Array, tokens: jax.Array, *, fused: bool) -> jax.Array:
-    """Rows of `table` [V, D] for int `tokens` [...] -> [..., D]. Fused, the lookup of flat
-    int32 ids is the composite LiteRT's converter turns into EMBEDDING_LOOKUP, which
-    ai-edge-quantizer quantizes and shares with the LM head (a plain gather it leaves float)."""
+    """Rows of `table` [V, D] for int `tokens` [...] -> [..., D]. Fused (Composites.TABLE), the
+    lookup of flat int32 ids is a composite a converter can turn into an embedding-lookup op,
+    which a quantizer can then store once for the lookup and the LM head (a plain gather it
+    may leave float)."""
     if not fused:
         return jnp.take(table, tokens, axis=0)
     ids = tokens.reshape(-1).astype(jnp.int32)

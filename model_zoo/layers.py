@@ -17,6 +17,7 @@ from flax import nnx
 
 from model_zoo import composites, masks
 from model_zoo.config import LayerSpec, ModelConfig
+from model_zoo.lowering import Head, Lowering
 from model_zoo.quantized import IN_AXES
 
 # Random init of norm scales: Gemma initialises them at 0 (a multiplier of exactly 1), which
@@ -48,8 +49,8 @@ class RMSNorm(nnx.Module):
         return composites.rms_norm(x, 1.0 + self.scale[...], epsilon=self.epsilon, fused=fused)
 
 
-# The LM head as the LiteRT converter gets it: the einsum names its FULLY_CONNECTED's output,
-# which exporter.litert_quant selects the head by.
+# The LM head in its Head.TOKENS_LEFT form; a converter that makes a fully connected op of it
+# names that op's output by this equation, which is how a quantizer can find the head.
 LM_HEAD_EQUATION = "BTD,VD->BTV"
 
 
@@ -64,21 +65,14 @@ class Embedder(nnx.Module):
         self.activations = config.activation_quant
 
     def encode(self, tokens: jax.Array, *, fused: bool = False) -> jax.Array:
-        """int [B, T] -> [B, T, D]; `fused`: the lookup as a composite (LiteRT only)."""
+        """int [B, T] -> [B, T, D]; `fused`: the lookup as a composite (Composites.TABLE)."""
         x = composites.embedding_lookup(self.embedding[...], tokens, fused=fused)
         return x * jnp.sqrt(self.embed_dim).astype(x.dtype)
 
-    def decode(self, x: jax.Array, *, table_left: bool = True) -> jax.Array:
-        """[B, T, D] -> logits [B, T, V].
-
-        The same contraction in two forms, for the kernels that run it. table_left ([V, D] x
-        [B, T, D] -> [V, B, T]) is a row-major matrix-vector product, which XLA runs ~1.7x and
-        IREE ~20x faster for one decoded token; 'BTD,VD->BTV' is what the LiteRT converter
-        turns into FULLY_CONNECTED, ~1.6x faster in XNNPACK than the batch matmul it makes of
-        the other.
-        """
+    def decode(self, x: jax.Array, *, head: Head = Head.TABLE_LEFT) -> jax.Array:
+        """[B, T, D] -> logits [B, T, V], the contraction in the form `head` names."""
         x = round_activations(x, 1, self.activations)
-        if not table_left:
+        if head is Head.TOKENS_LEFT:
             return jnp.einsum(LM_HEAD_EQUATION, x, self.embedding[...])
         logits = jax.lax.dot_general(self.embedding[...], x, (((1,), (2,)), ((), ())))
         # [V, B, T] -> [B, T, V]
@@ -144,8 +138,7 @@ class Attention(nnx.Module):
         self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
-                 *, fused: bool,
-                 fused_rope: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 lowering: Lowering) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Attends the T new tokens to the cache after writing them into it.
 
         Args:
@@ -157,22 +150,21 @@ class Attention(nnx.Module):
         """
         q = project("q_proj", "BTD,DNH->BTNH", x, self.q_proj[...], self.activations)
         if self.q_norm is not None:
-            q = self.q_norm(q, fused=fused)
+            q = self.q_norm(q, fused=lowering.core)
         q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale,
-                       fused=fused and fused_rope)
-        k_cache, v_cache = self.write_cache(x, positions, cache, fused=fused,
-                                            fused_rope=fused_rope)
+                       fused=lowering.rope)
+        k_cache, v_cache = self.write_cache(x, positions, cache, lowering)
         mask = masks.additive(masks.visible(positions, k_cache.shape[2], self.spec.window))
         # [B, K, S, H] -> [B, S, K, H]
         attended = composites.scaled_dot_product_attention(
             q, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3), mask,
-            scale=self.scale, logit_cap=self.logit_cap, fused=fused)
+            scale=self.scale, logit_cap=self.logit_cap, fused=lowering.core)
         out = project("o_proj", "BTNH,NHD->BTD", attended, self.o_proj[...], self.activations)
         return out, (k_cache, v_cache)
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
-                    cache: tuple[jax.Array, jax.Array], *, fused: bool,
-                    fused_rope: bool = False) -> tuple[jax.Array, jax.Array]:
+                    cache: tuple[jax.Array, jax.Array],
+                    lowering: Lowering) -> tuple[jax.Array, jax.Array]:
         """Projects the T new tokens to keys and values and writes them into the cache.
 
         Args:
@@ -185,14 +177,14 @@ class Attention(nnx.Module):
         k = project("k_proj", "BTD,DKH->BTKH", x, self.k_proj[...], self.activations)
         v = project("v_proj", "BTD,DKH->BTKH", x, self.v_proj[...], self.activations)
         if self.k_norm is not None:
-            k = self.k_norm(k, fused=fused)
+            k = self.k_norm(k, fused=lowering.core)
         k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale,
-                       fused=fused and fused_rope)
+                       fused=lowering.rope)
         k_cache, v_cache = cache
         # [B, T, K, H] -> [B, K, T, H]
         return composites.kv_cache_update(
             k_cache, v_cache, positions[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-            window=self.spec.window, fused=fused)
+            window=self.spec.window, fused=lowering.core)
 
 
 class FeedForward(nnx.Module):

@@ -18,7 +18,7 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
 from model_zoo.checkpoints.untrusted import one_line, read_small
 from model_zoo.errors import GemmaforgeError
-from model_zoo.tokenizer import END_OF_TURN
+from model_zoo.tokenizer import END_OF_TURN, ByteTokenizer
 
 # Gemma 3's 262144-piece tokenizer.model is 4.5 MiB.
 MAX_TOKENIZER_BYTES = 64 << 20
@@ -119,3 +119,18 @@ class GemmaTokenizer:
     @property
     def stop_ids(self) -> tuple[int, ...]:
         return (self.piece_to_id(END_OF_TURN), self.eos_id)
+
+
+def sentencepiece_twin(tokenizer: ByteTokenizer, vocab_size: int | None = None) -> bytes:
+    """`tokenizer` as a SentencePiece model (turn markers user-defined, every byte a
+    byte-fallback piece), for runtimes that read only tokenizer.model files. `vocab_size` pads
+    it with `<unusedN>` pieces, as Gemma's vocabulary is padded, so that every id a model can
+    produce decodes."""
+    pieces = [*tokenizer.SPECIALS, *(f"<0x{b:02X}>" for b in range(256))]
+    types = [3, 3, 3, 2, 4, 4] + [6] * 256  # GGUF token types: control, unknown, user, byte
+    extra = max(0, (vocab_size or 0) - len(pieces))
+    pieces += [f"<unused{i}>" for i in range(extra)]
+    types += [4] * extra
+    return GemmaTokenizer.from_vocab(pieces, [0.0] * len(pieces), types,
+                                     bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=0,
+                                     unk_id=3, escape_whitespace=False).model_proto

@@ -12,6 +12,12 @@ from typing import Protocol
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
+TURN_END = f"{END_OF_TURN}\n"  # what closes every turn of the Gemma chat format
+
+
+def turn_start(role: str) -> str:
+    """What opens a turn of `role` ("user" or "model") in the Gemma chat format."""
+    return f"{START_OF_TURN}{role}\n"
 
 
 class Tokenizer(Protocol):
@@ -34,7 +40,7 @@ def chat_prompt(user_text: str) -> str:
 
     Gemma 1, 2 and 3 share it (the model ends its turn with `<end_of_turn>`).
     """
-    return f"{START_OF_TURN}user\n{user_text}{END_OF_TURN}\n{START_OF_TURN}model\n"
+    return f"{turn_start('user')}{user_text}{TURN_END}{turn_start('model')}"
 
 
 class ByteTokenizer:
@@ -79,19 +85,3 @@ class ByteTokenizer:
     @property
     def stop_ids(self) -> tuple[int, ...]:
         return (self.SPECIALS[END_OF_TURN], self.eos_id)
-
-    def sentencepiece_model(self, vocab_size: int | None = None) -> bytes:
-        """The same tokenizer as a SentencePiece model (turn markers user-defined, every byte a
-        byte-fallback piece), for runtimes that read only tokenizer.model files. `vocab_size`
-        pads it with `<unusedN>` pieces, as Gemma's vocabulary is padded, so that every id a
-        model can produce decodes."""
-        from model_zoo.spm import GemmaTokenizer
-
-        pieces = [*self.SPECIALS, *(f"<0x{b:02X}>" for b in range(256))]
-        types = [3, 3, 3, 2, 4, 4] + [6] * 256  # GGUF token types: control, unknown, user, byte
-        extra = max(0, (vocab_size or 0) - len(pieces))
-        pieces += [f"<unused{i}>" for i in range(extra)]
-        types += [4] * extra
-        return GemmaTokenizer.from_vocab(pieces, [0.0] * len(pieces), types, bos_id=self.bos_id,
-                                         eos_id=self.eos_id, pad_id=0, unk_id=3,
-                                         escape_whitespace=False).model_proto

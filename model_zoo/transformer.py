@@ -3,7 +3,8 @@
 Parameters travel as a plain nested dict of arrays (`Params`), the NNX state of `Gemma` as a
 pure dict: `{"embedder": {"embedding": [V, D]}, "layers": {0: {"attn": {"q_proj": ...}}}}`.
 `apply` merges them into the module inside the trace, so every entry point is a pure function
-of (params, tokens, positions, cache) that jit, jax.export and the format writers can take.
+of (params, tokens, positions, cache) that jit and jax.export can take; a `Lowering` says how
+it is traced.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from flax import nnx
 from model_zoo import composites
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
+from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import Attention, Embedder, FeedForward, RMSNorm
+from model_zoo.lowering import FUSED, Logits, Lowering
 from model_zoo.quantized import dequantize_params, is_quantized
 from model_zoo.tree import get_path, path_name, set_path
 
 Params = dict[str, Any]
+EMBEDDING = "embedder.embedding"  # the tied table's dotted name: token lookup and LM head
 
 
 class Block(nnx.Module):
@@ -43,11 +47,11 @@ class Block(nnx.Module):
         self.post_ffw_norm = RMSNorm(d, config, key=keys[5]) if config.use_post_ffw_norm else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
-                 *, fused: bool,
-                 fused_rope: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 lowering: Lowering) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x [B, T, D] -> ([B, T, D], updated layer cache)."""
+        fused = lowering.core
         attended, cache = self.attn(self.pre_attn_norm(x, fused=fused), positions, cache,
-                                    fused=fused, fused_rope=fused_rope)
+                                    lowering)
         if self.post_attn_norm is not None:
             attended = self.post_attn_norm(attended, fused=fused)
         x = x + attended
@@ -57,11 +61,11 @@ class Block(nnx.Module):
         return x + hidden, cache
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
-                    cache: tuple[jax.Array, jax.Array], *, fused: bool,
-                    fused_rope: bool = False) -> tuple[jax.Array, jax.Array]:
+                    cache: tuple[jax.Array, jax.Array],
+                    lowering: Lowering) -> tuple[jax.Array, jax.Array]:
         """Only the cache write of this layer: what a prefill of the last layer needs."""
-        return self.attn.write_cache(self.pre_attn_norm(x, fused=fused), positions, cache,
-                                     fused=fused, fused_rope=fused_rope)
+        return self.attn.write_cache(self.pre_attn_norm(x, fused=lowering.core), positions,
+                                     cache, lowering)
 
 
 class Gemma(nnx.Module):
@@ -75,52 +79,39 @@ class Gemma(nnx.Module):
         self.final_norm = RMSNorm(config.embed_dim, config,
                                   key=jax.random.fold_in(key, 1 + config.num_layers))
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, *,
-                 fused: bool = True,
-                 logits_index: jax.Array | None = None,
-                 table_left_head: bool = True,
-                 logits: bool = True,
-                 fused_rope: bool = False,
-                 fused_lookup: bool = False) -> tuple[jax.Array | None, KVCache]:
+    def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
+                 lowering: Lowering = FUSED, *,
+                 logits_index: jax.Array | None = None) -> tuple[jax.Array | None, KVCache]:
         """Runs T new tokens per row through the model, writing them into the cache.
 
         Args:
           tokens: int32 [B, T].
           positions: int32 [B, T], absolute positions, contiguous within each row.
           cache: the KV cache; slot s holds position s.
-          fused: trace the fused ops as composites (True) or as their plain decomposition.
-          fused_rope: with `fused`, the rotary embedding as a composite too (ONNX only).
-          fused_lookup: the tied table's two composites, with or without `fused`: the
-            embedding lookup and the final soft-cap (quantized LiteRT only: they let
-            ai-edge-quantizer store the table once, see `composites.embedding_lookup` and
-            `composites.logit_soft_cap`).
-          logits_index: int32 [B]: compute logits only at this index of T (the LM head is the
-            largest matmul; prefill needs one row of it). None: logits at every position.
-          table_left_head: the LM head's contraction form (see `Embedder.decode`).
-          logits: False fills the cache only (a prefill whose logits nobody reads): the last
-            layer stops at its cache write and no head is computed. Fused ops are composites,
-            which dead-code elimination keeps, so this has to be said, not inferred.
+          lowering: how the forward is traced (`model_zoo.lowering`); the numbers are the same.
+          logits_index: int32 [B], the index of T that gets logits, with Logits.AT_INDEX only.
         Returns:
-          (float32 logits [B, T, V] or [B, 1, V] (None without logits), the updated cache).
+          (float32 logits [B, T, V], [B, 1, V] at `logits_index`, or None with Logits.NONE;
+          the updated cache).
         """
-        x = self.embedder.encode(tokens, fused=fused_lookup)
+        if (logits_index is not None) != (lowering.logits is Logits.AT_INDEX):
+            raise GemmaforgeError("logits_index goes with Logits.AT_INDEX and only with it")
+        x = self.embedder.encode(tokens, fused=lowering.table)
         new_layers = []
         for index, block in enumerate(self.layers):
-            if not logits and index == len(self.layers) - 1:
-                new_layers.append(block.write_cache(x, positions, cache.layer(index),
-                                                    fused=fused, fused_rope=fused_rope))
+            if lowering.logits is Logits.NONE and index == len(self.layers) - 1:
+                new_layers.append(block.write_cache(x, positions, cache.layer(index), lowering))
                 return None, KVCache.from_layers(new_layers)
-            x, layer_cache = block(x, positions, cache.layer(index), fused=fused,
-                                   fused_rope=fused_rope)
+            x, layer_cache = block(x, positions, cache.layer(index), lowering)
             new_layers.append(layer_cache)
         if logits_index is not None:
             # [B, T, D] -> [B, 1, D]
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
-        x = self.final_norm(x, fused=fused)
-        out = self.embedder.decode(x, table_left=table_left_head).astype(jnp.float32)
+        x = self.final_norm(x, fused=lowering.core)
+        out = self.embedder.decode(x, head=lowering.head).astype(jnp.float32)
         cap = self.config.final_logit_softcap
         if cap is not None:
-            out = composites.logit_soft_cap(out, cap, fused=fused or fused_lookup)
+            out = composites.logit_soft_cap(out, cap, fused=lowering.core or lowering.table)
         return out, KVCache.from_layers(new_layers)
 
 
@@ -167,18 +158,14 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 
 
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
-          cache: KVCache, *, fused: bool = True,
-          logits_index: jax.Array | None = None, table_left_head: bool = True,
-          logits: bool = True, fused_rope: bool = False,
-          fused_lookup: bool = False) -> tuple[jax.Array | None, KVCache]:
+          cache: KVCache, lowering: Lowering = FUSED, *,
+          logits_index: jax.Array | None = None) -> tuple[jax.Array | None, KVCache]:
     """`Gemma.__call__` as a pure function of the parameters. See there for shapes. Quantized
     parameters (`model_zoo.quantized`) are dequantized here, inside the trace."""
     if is_quantized(params):
         params = dequantize_params(config, params)
     model = nnx.merge(graphdef(config), params)
-    return model(tokens, positions, cache, fused=fused, logits_index=logits_index,
-                 table_left_head=table_left_head, logits=logits, fused_rope=fused_rope,
-                 fused_lookup=fused_lookup)
+    return model(tokens, positions, cache, lowering, logits_index=logits_index)
 
 
 def count_params(config: ModelConfig) -> tuple[int, int]:

@@ -30,6 +30,7 @@ def hessians(config, params, ids: list[int]) -> dict[str, np.ndarray]:
 
     from model_zoo import layers
     from model_zoo.cache import KVCache
+    from model_zoo.lowering import PLAIN
     from model_zoo.quantized import dequantize_params, is_quantized
     from model_zoo.transformer import apply
 
@@ -40,7 +41,7 @@ def hessians(config, params, ids: list[int]) -> dict[str, np.ndarray]:
     try:
         apply(config, params, jnp.asarray([ids], jnp.int32),
               jnp.arange(len(ids), dtype=jnp.int32)[None], KVCache.create(config, 1, len(ids)),
-              fused=False)
+              PLAIN)
     finally:
         layers.PROJECTION_INPUTS = None
     seen: dict[str, int] = {}

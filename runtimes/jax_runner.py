@@ -9,6 +9,7 @@ import numpy as np
 from model_zoo import inference
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
+from model_zoo.lowering import Composites
 from model_zoo.quantized import dequantize_once, is_quantized
 from model_zoo.sharding import replicated_like
 from model_zoo.transformer import Params
@@ -21,12 +22,12 @@ class JaxRunner:
     name = "jax"
 
     def __init__(self, config: ModelConfig, params: Params, *, max_len: int,
-                 fused: bool = True):
+                 composites: Composites = Composites.CORE):
         self.config = config
         self.params = dequantize_once(config, params) if is_quantized(params) else params
         self.max_len = max_len
         self.vocab_size = config.vocab_size
-        self.fused = fused
+        self.composites = composites
         self._cache: KVCache | None = None
         self._position = 0
 
@@ -35,13 +36,14 @@ class JaxRunner:
         cache = KVCache.create(self.config, 1, self.max_len,
                                sharding=replicated_like(self.params))
         logits, self._cache, lengths = inference.prefill(
-            self.config, self.params, [list(prompt_ids)], cache, fused=self.fused)
+            self.config, self.params, [list(prompt_ids)], cache, composites=self.composites)
         self._position = int(lengths[0])
         return np.asarray(logits[0])
 
     def decode(self, token: int) -> np.ndarray:
         token = check_decode(self, None if self._cache is None else self._position, token)
         logits, self._cache = inference.decode(self.config, self.params, [token],
-                                               [self._position], self._cache, fused=self.fused)
+                                               [self._position], self._cache,
+                                               composites=self.composites)
         self._position += 1
         return np.asarray(logits[0])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import model_zoo as mz
+from model_zoo.spm import sentencepiece_twin
 
 PRESET = "tiny-gemma2"
 BUCKETS = (8,)
@@ -149,7 +150,7 @@ def _swapped_tokenizer(scratch: Path, good: Path) -> list[str]:
     from exporter.integrity import sha256_file
 
     root = _copy(scratch, good)
-    bigger = mz.ByteTokenizer().sentencepiece_model(4 * mz.get_preset(PRESET).vocab_size)
+    bigger = sentencepiece_twin(mz.ByteTokenizer(), 4 * mz.get_preset(PRESET).vocab_size)
     (root / "tokenizer.model").write_bytes(bigger)
     digest = sha256_file(root / "tokenizer.model")
     _edit_manifest(root, lambda m: _entry(m, "tokenizer.model").update(

@@ -10,7 +10,14 @@ import pytest
 
 import model_zoo as mz
 from model_zoo import composites
+from model_zoo.lowering import Composites, Lowering
 from tests.conftest import TINY_PRESETS, expected_composites
+
+
+def _lowering(fused: bool, fused_rope: bool) -> Lowering:
+    if not fused:
+        return Lowering(Composites.NONE)
+    return Lowering(Composites.CORE | (Composites.ROPE if fused_rope else Composites.NONE))
 
 
 def _forward(config, params, fused, fused_rope=False):
@@ -18,17 +25,16 @@ def _forward(config, params, fused, fused_rope=False):
                          jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(20, dtype=jnp.int32), (2, 20))
     cache = mz.KVCache.create(config, 2, 32)
-    fn = jax.jit(mz.apply, static_argnums=0, static_argnames=("fused", "fused_rope"))
-    return fn(config, params, tokens, positions, cache, fused=fused, fused_rope=fused_rope)
+    fn = jax.jit(mz.apply, static_argnums=(0, 5))
+    return fn(config, params, tokens, positions, cache, _lowering(fused, fused_rope))
 
 
 def _stablehlo(config, params, fused, fused_rope=False):
     tokens = jnp.zeros((1, 4), jnp.int32)
     positions = jnp.arange(4, dtype=jnp.int32)[None]
     cache = mz.KVCache.create(config, 1, 16)
-    lowered = jax.jit(mz.apply, static_argnums=0,
-                      static_argnames=("fused", "fused_rope")).lower(
-        config, params, tokens, positions, cache, fused=fused, fused_rope=fused_rope)
+    lowered = jax.jit(mz.apply, static_argnums=(0, 5)).lower(
+        config, params, tokens, positions, cache, _lowering(fused, fused_rope))
     return lowered.as_text()
 
 

@@ -17,6 +17,7 @@ from cli.app import main
 from exporter import export, integrity
 from exporter.artifact import read_manifest
 from model_zoo.errors import GemmaforgeError
+from model_zoo.spm import sentencepiece_twin
 from runtimes.artifact import open_artifact, verify_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import make_runner
@@ -293,7 +294,7 @@ def test_decode_before_prefill_is_a_clear_error(tiny_params):
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused(artifact_copy):
-    bigger = mz.ByteTokenizer().sentencepiece_model(2048)
+    bigger = sentencepiece_twin(mz.ByteTokenizer(), 2048)
     (artifact_copy / "tokenizer.model").write_bytes(bigger)
 
     def change(manifest):

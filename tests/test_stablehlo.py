@@ -14,6 +14,7 @@ import model_zoo as mz
 from exporter import export, read_manifest
 from exporter.trace import EntryPoint, empty_cache, entry_function, flat_weights
 from model_zoo.checkpoints.default import sha256_of
+from model_zoo.lowering import PLAIN
 from model_zoo.sharding import make_mesh
 from runtimes.artifact import open_artifact
 from runtimes.registry import make_runner
@@ -85,7 +86,7 @@ def test_every_entry_point_equals_the_trace(name, tiny_artifact, tiny_params):
         positions = jnp.arange(start, start + length, dtype=jnp.int32)
         entry = EntryPoint(entry_name, None if info["symbolic"] else length,
                            info["returns_logits"])
-        want = jax.jit(entry_function(config, entry, fused=False))(weights, tokens, positions,
+        want = jax.jit(entry_function(config, entry, PLAIN))(weights, tokens, positions,
                                                                    cache)
         got = exported.call(weights, tokens, positions, cache)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

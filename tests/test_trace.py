@@ -14,6 +14,7 @@ from exporter.trace import (
     resolve_options,
 )
 from model_zoo import inference
+from model_zoo.lowering import Lowering
 from runtimes.entry_runner import Chunk, plan_chunks
 from runtimes.tolerances import SAME_MATH_FLOAT32
 
@@ -52,9 +53,9 @@ def test_decode_entry_equals_the_model(as_constants, tiny_params):
                                                                                       32))
     expected, _ = inference.decode(config, params, [7], [len(prompt)], cache)
 
-    prefill = entry_function(config, EntryPoint("prefill_16", 16, False), fused=True,
+    prefill = entry_function(config, EntryPoint("prefill_16", 16, False), Lowering(),
                              params=params if as_constants else None)
-    decode = entry_function(config, EntryPoint("decode", 1, True), fused=True,
+    decode = entry_function(config, EntryPoint("decode", 1, True), Lowering(),
                             params=params if as_constants else None)
     weights = () if as_constants else (flat_weights(params),)
     tokens = np.zeros((1, 16), np.int32)
