@@ -16,8 +16,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """Style (ruff) and layering (import-linter's contracts in pyproject.toml)."""
+    session.install("ruff", "import-linter>=2.17,<3")
     session.run("ruff", "check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -15,12 +15,10 @@ from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-from model_zoo.config import Family, ModelConfig
+from model_zoo.config import FAMILY_NAMES, ModelConfig
 
 SPACE = "\u2581"
 _Piece = spm_pb2.ModelProto.SentencePiece
-GENAI_MODEL_TYPES = {Family.GEMMA1: "gemma", Family.GEMMA2: "gemma2",
-                     Family.GEMMA3: "gemma3_text"}
 
 
 def _merges(pieces: list[str], normal: set[int]) -> list[list[str]]:
@@ -109,7 +107,7 @@ def genai_config(config: ModelConfig, *, filename: str, max_len: int, profile: s
                        **(session_config or {})}
     return {
         "model": {
-            "type": GENAI_MODEL_TYPES[config.family],
+            "type": FAMILY_NAMES[config.family].model_type,
             "bos_token_id": bos_id,
             "eos_token_id": stop_ids,
             "pad_token_id": pad_id,

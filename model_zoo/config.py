@@ -23,6 +23,24 @@ class Family(enum.Enum):
     GEMMA3 = "gemma3"
 
 
+@dataclasses.dataclass(frozen=True)
+class FamilyNames:
+    """What other tools call a family: GGUF's `general.architecture`, and the text model's
+    `model_type` and class in a transformers config.json (onnxruntime-genai's model types are
+    these `model_type`s too)."""
+
+    gguf: str
+    model_type: str
+    architecture: str
+
+
+FAMILY_NAMES = {
+    Family.GEMMA1: FamilyNames("gemma", "gemma", "GemmaForCausalLM"),
+    Family.GEMMA2: FamilyNames("gemma2", "gemma2", "Gemma2ForCausalLM"),
+    Family.GEMMA3: FamilyNames("gemma3", "gemma3_text", "Gemma3ForCausalLM"),
+}
+
+
 class AttentionType(enum.Enum):
     """Global attention sees the whole causal prefix; local sees only the last `sliding_window`."""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from model_zoo.checkpoints.untrusted import shown
 from model_zoo.config import (
+    FAMILY_NAMES,
     MAX_CONTEXT,
     MAX_EMBED_DIM,
     MAX_HEAD_DIM,
@@ -23,7 +24,7 @@ from model_zoo.config import (
 )
 from model_zoo.errors import GemmaforgeError
 
-MODEL_TYPES = {"gemma": Family.GEMMA1, "gemma2": Family.GEMMA2, "gemma3_text": Family.GEMMA3}
+MODEL_TYPES = {names.model_type: family for family, names in FAMILY_NAMES.items()}
 _LAYER_TYPES = {"sliding_attention": AttentionType.LOCAL, "full_attention": AttentionType.GLOBAL}
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new")
 
@@ -170,11 +171,10 @@ def _shortest_period(types: tuple[AttentionType, ...]) -> tuple[AttentionType, .
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """A transformers 5.x `config.json` dict for `config`."""
-    model_type = {v: k for k, v in MODEL_TYPES.items()}[config.family]
+    names = FAMILY_NAMES[config.family]
     hf: dict[str, Any] = {
-        "model_type": model_type,
-        "architectures": [{"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                           "gemma3_text": "Gemma3ForCausalLM"}[model_type]],
+        "model_type": names.model_type,
+        "architectures": [names.architecture],
         "vocab_size": config.vocab_size, "hidden_size": config.embed_dim,
         "intermediate_size": config.hidden_dim, "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
