@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import median, save
+from benchmarks.common import save, spread
 
 CONVERT = r"""
 import json, resource, sys, time
@@ -186,8 +186,8 @@ def engine_speed(artifact, prefill: int, decode: int, repeats: int, threads: int
                              str(repeats), str(threads), tempfile.mkdtemp(dir=scratch)],
                             capture_output=True, text=True, check=True)
     runs = json.loads(engine.stdout.strip().splitlines()[-1])
-    return ({"prefill_tokens_per_second_median": median([r["prefill"] for r in runs]),
-             "decode_tokens_per_second_median": median([r["decode"] for r in runs])},
+    return ({**spread("prefill_tokens_per_second", [r["prefill"] for r in runs]),
+             **spread("decode_tokens_per_second", [r["decode"] for r in runs])},
             engine.stderr)
 
 
@@ -214,17 +214,15 @@ def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
                 export(model, root, formats=("litert",), fused=fused,
                        quant=None if recipe == "f32" else recipe)
                 artifact = open_artifact(root)
-                prefill, decode = time_generation(
-                    make_runner("litert", artifact, threads=threads), prompt, new_tokens,
-                    repeats)
+                speed = time_generation(make_runner("litert", artifact, threads=threads),
+                                        prompt, new_tokens, repeats)
                 engine, log = engine_speed(artifact, engine_prefill, engine_decode, repeats,
                                            threads, scratch)
                 tflite = f"{root}/litert/model.tflite"
                 structure = describe(tflite)
                 rows[recipe][label] = {
                     "tflite_bytes": os.path.getsize(tflite),
-                    "litert": {"prefill_tokens_per_second_median": prefill,
-                               "decode_tokens_per_second_median": decode},
+                    "litert": speed,
                     "litert-lm": engine,
                     "decode_composites": structure["signatures"]["decode"]["composites"],
                     "xnnpack": partitions(log),

@@ -177,11 +177,9 @@ def run(exports: tuple = EXPORTS, name: str = "quantized", engine: bool = False)
             artifact = open_artifact(out)
             for fmt in formats:
                 runner = make_runner(RUNTIMES[fmt], artifact, threads=THREADS)
-                prefill, decode = time_generation(runner, prompt, 32, REPEATS)
                 row = {"bytes": _format_bytes(out, manifest["formats"][fmt], fmt),
                        **_agreement(runner, ids, reference),
-                       "prefill_tokens_per_second_median": prefill,
-                       "decode_tokens_per_second_median": decode}
+                       **time_generation(runner, prompt, 32, REPEATS)}
                 label = f"{fmt} (accuracy level {level})" if fmt == "onnx" and level else fmt
                 rows[f"{recipe} / {label} / {RUNTIMES[fmt]}"] = row
                 del runner
