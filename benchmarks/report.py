@@ -51,14 +51,14 @@ def flatten(values: Mapping, prefix: str = "") -> dict:
 
 
 def key_value_table(values: Mapping) -> list[str]:
-    return ["| | |", "|---|---|", *(f"| {key} | {cell(value)} |" for key, value in values.items())]
+    return ["| figure | value |", "|---|---|", *(f"| {key} | {cell(value)} |" for key, value in values.items())]
 
 
-def row_table(rows: Mapping[str, Mapping]) -> list[str]:
+def row_table(title: str, rows: Mapping[str, Mapping]) -> list[str]:
     """One row per entry (a runtime, a recipe, a preset), one column per figure."""
     flat = {name: flatten(row) for name, row in rows.items()}
     columns = list(dict.fromkeys(column for row in flat.values() for column in row))
-    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [f"| {title} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in flat.items():
         lines.append(f"| {cell(name)} | "
                      + " | ".join(cell(row[c]) if c in row else "" for c in columns) + " |")
@@ -85,7 +85,7 @@ def section(name: str, description: str, result: Mapping | None) -> list[str]:
             continue
         lines += [f"**{key}**", ""]
         nested = all(isinstance(v, Mapping) for v in value.values())
-        lines += (row_table(value) if nested else key_value_table(flatten(value))) + [""]
+        lines += (row_table(key, value) if nested else key_value_table(flatten(value))) + [""]
     return lines
 
 

@@ -57,7 +57,7 @@ def test_page_renders_results_and_lists_the_unmeasured(tmp_path):
                and line.endswith("took 61 s.") for line in lines)
     assert "| preset | gemma3-270m |" in lines
     assert not any("seconds" in line for line in lines if line.startswith("|"))  # runs left out
-    assert ("| | decode_tokens_per_second_median | decode_tokens_per_second_min "
+    assert ("| runtimes | decode_tokens_per_second_median | decode_tokens_per_second_min "
             "| xnnpack / partitions |") in lines
     assert "| jax | 10.26 | 9.5 |  |" in lines
     assert "| iree | 12 |  | 4 |" in lines
