@@ -2,7 +2,7 @@
 
 Each run is a fresh process: its baseline RSS (interpreter, JAX, gemmaforge imported, nothing
 loaded) is measured first, then `load("gemma3-270m")`, then the peak RSS the kernel recorded.
-The target (issue 3): peak - baseline < 1.3 x the float32 parameter bytes.
+The target: peak - baseline < 1.3 x the float32 parameter bytes.
 """
 
 from __future__ import annotations

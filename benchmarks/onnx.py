@@ -65,6 +65,8 @@ print(json.dumps({"max_abs_error": float(np.abs(reference - ours).max()),
 
 
 def run(repeats: int = 5, new_tokens: int = 32, threads: int = 2) -> dict:
+    """Speed of onnxruntime and onnxruntime-genai on gemma3-270m, both ONNX profiles, with the
+    JAX reference in the same run for the ratio (a ~500-token prefill, 32 decoded tokens)."""
     from exporter import export
     from model_zoo.loading import load
     from runtimes.artifact import open_artifact
@@ -97,6 +99,8 @@ def run(repeats: int = 5, new_tokens: int = 32, threads: int = 2) -> dict:
 
 
 def run_export(presets: tuple[str, ...] = EXPORT_PRESETS, repeats: int = 3) -> dict:
+    """Exporting to ONNX in a fresh process, gemma3-270m and gemma2-2b (random weights): wall
+    time and peak RSS against the float32 weights, then onnxruntime's logits against JAX's."""
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         for preset in presets:

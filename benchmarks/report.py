@@ -51,7 +51,8 @@ def flatten(values: Mapping, prefix: str = "") -> dict:
 
 
 def key_value_table(values: Mapping) -> list[str]:
-    return ["| figure | value |", "|---|---|", *(f"| {key} | {cell(value)} |" for key, value in values.items())]
+    return ["| figure | value |", "|---|---|",
+            *(f"| {key} | {cell(value)} |" for key, value in values.items())]
 
 
 def row_table(title: str, rows: Mapping[str, Mapping]) -> list[str]:
