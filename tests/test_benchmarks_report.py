@@ -73,3 +73,10 @@ def test_every_registered_benchmark_has_a_section(tmp_path):
     for name in BENCHMARKS:
         assert f"## {name}" in page
         assert f"Not measured yet: run `python -m benchmarks {name}`." in page
+
+
+def test_committed_page_is_the_rendering_of_the_committed_results():
+    """docs/benchmarks.md is generated: run `python -m benchmarks report` after a benchmark."""
+    from benchmarks.__main__ import BENCHMARKS
+
+    assert report.PAGE.read_text() == report.render(BENCHMARKS)
