@@ -54,6 +54,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed and memory benchmarks; medians over several runs, written to out/bench/."""
+    """Speed, memory and accuracy benchmarks (`-- NAME ...`, default all; `-- report` measures
+    nothing): medians and ranges over several runs, written to benchmarks/results/<name>.json,
+    from which docs/benchmarks.md is regenerated."""
     session.install("-e", ".[dev,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import median, save
+from benchmarks.common import median, save, spread
 
 CHILD = r"""
 import json, resource, sys, time
@@ -42,8 +42,8 @@ def run(repeats: int = 3) -> dict:
         "repeats": repeats,
         "load_seconds_median": median([r["load_seconds"] for r in runs]),
         "export_seconds_median": median([r["export_seconds"] for r in runs]),
-        "total_seconds_median": median([r["total_seconds"] for r in runs]),
-        "peak_rss_mib_median": median([r["peak"] / 2**20 for r in runs]),
+        **spread("total_seconds", [r["total_seconds"] for r in runs]),
+        **spread("peak_rss_mib", [r["peak"] / 2**20 for r in runs]),
         "peak_over_baseline_mib_median": median([(r["peak"] - r["baseline"]) / 2**20
                                                  for r in runs]),
         "runs": runs,

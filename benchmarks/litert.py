@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import median, save
+from benchmarks.common import save, spread
 
 CONVERT = r"""
 import json, resource, sys, time
@@ -71,6 +71,8 @@ CONVERT_PRESETS = ("gemma3-270m", "gemma2-2b")
 
 
 def run_convert(presets: tuple[str, ...] = CONVERT_PRESETS) -> dict:
+    """Exporting to LiteRT in a fresh process, gemma3-270m and gemma2-2b (random weights): wall
+    time, peak RSS, the converter's share, and every weight matrix found in place."""
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         for preset in presets:
@@ -186,8 +188,8 @@ def engine_speed(artifact, prefill: int, decode: int, repeats: int, threads: int
                              str(repeats), str(threads), tempfile.mkdtemp(dir=scratch)],
                             capture_output=True, text=True, check=True)
     runs = json.loads(engine.stdout.strip().splitlines()[-1])
-    return ({"prefill_tokens_per_second_median": median([r["prefill"] for r in runs]),
-             "decode_tokens_per_second_median": median([r["decode"] for r in runs])},
+    return ({**spread("prefill_tokens_per_second", [r["prefill"] for r in runs]),
+             **spread("decode_tokens_per_second", [r["decode"] for r in runs])},
             engine.stderr)
 
 
@@ -196,6 +198,9 @@ RECIPES = ("f32", "int8-dyn", "int4")
 
 def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
         engine_decode: int = 64, threads: int = 2, recipes: tuple[str, ...] = RECIPES) -> dict:
+    """Composites against plain ops (`--no-fused`) for gemma3-270m in float32, int8-dyn and int4:
+    tokens/s on the LiteRT Interpreter and on the LiteRT-LM engine, and how XNNPACK partitioned
+    each graph."""
     from benchmarks.common import time_generation
     from exporter import export
     from exporter.tflite_inspect import describe
@@ -214,17 +219,15 @@ def run(repeats: int = 3, new_tokens: int = 32, engine_prefill: int = 128,
                 export(model, root, formats=("litert",), fused=fused,
                        quant=None if recipe == "f32" else recipe)
                 artifact = open_artifact(root)
-                prefill, decode = time_generation(
-                    make_runner("litert", artifact, threads=threads), prompt, new_tokens,
-                    repeats)
+                speed = time_generation(make_runner("litert", artifact, threads=threads),
+                                        prompt, new_tokens, repeats)
                 engine, log = engine_speed(artifact, engine_prefill, engine_decode, repeats,
                                            threads, scratch)
                 tflite = f"{root}/litert/model.tflite"
                 structure = describe(tflite)
                 rows[recipe][label] = {
                     "tflite_bytes": os.path.getsize(tflite),
-                    "litert": {"prefill_tokens_per_second_median": prefill,
-                               "decode_tokens_per_second_median": decode},
+                    "litert": speed,
                     "litert-lm": engine,
                     "decode_composites": structure["signatures"]["decode"]["composites"],
                     "xnnpack": partitions(log),

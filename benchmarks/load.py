@@ -2,7 +2,7 @@
 
 Each run is a fresh process: its baseline RSS (interpreter, JAX, gemmaforge imported, nothing
 loaded) is measured first, then `load("gemma3-270m")`, then the peak RSS the kernel recorded.
-The target (issue 3): peak - baseline < 1.3 x the float32 parameter bytes.
+The target: peak - baseline < 1.3 x the float32 parameter bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.common import median, save
+from benchmarks.common import median, save, spread
 
 CHILD = r"""
 import json, resource, time
@@ -44,10 +44,10 @@ def run(repeats: int = 3) -> dict:
     result = {
         "repeats": repeats,
         "param_bytes": runs[0]["param_bytes"],
-        "load_seconds_median": median([r["seconds"] for r in runs]),
+        **spread("load_seconds", [r["seconds"] for r in runs]),
         "baseline_rss_mib_median": median([r["baseline"] / 2**20 for r in runs]),
-        "peak_rss_mib_median": median([r["peak"] / 2**20 for r in runs]),
-        "peak_over_baseline_per_param_byte_median": median(growth),
+        **spread("peak_rss_mib", [r["peak"] / 2**20 for r in runs]),
+        **spread("peak_over_baseline_per_param_byte", growth),
         "target_ratio": TARGET_RATIO,
         "meets_target": max(growth) < TARGET_RATIO,
         "runs": runs,

@@ -1,5 +1,5 @@
 """`quantized`: every quantized artifact of gemma3-270m against float32, per format and runtime,
-in one run (issue 7's table: recipe x format).
+in one run (recipe x format).
 
 Each recipe is exported once to every format that lowers it (one quantization, several formats)
 and float32 to all three for the baseline. Per (recipe, format, runtime):
@@ -16,10 +16,10 @@ The whole text's quality per recipe (2,200 tokens, the JAX references) is `quali
 
 llama.cpp (llama-cpp-python, when installed: `pip install llama-cpp-python`, ~11 min to build
 on 2 cores) runs the checkpoint's own GGUF (Q4_K_M) in the same run, through the same decode
-path and timings: the peer both issue 7's int4 and issue 8's `source` recipe are held to. It
+path and timings: the peer the int4 and `source` recipes are held to. It
 quantizes activations, so its agreement is its own, not the file's float32 model's.
 
-`source` (issue 8): the GGUF's own grids in every format (`python -m benchmarks source`).
+`source`: the GGUF's own grids in every format (`python -m benchmarks source`).
 """
 
 from __future__ import annotations
@@ -154,7 +154,10 @@ def _agreement(runner, ids: list[int], reference: np.ndarray) -> dict:
 
 
 def run(exports: tuple = EXPORTS, name: str = "quantized", engine: bool = False) -> dict:
-    """`engine`: time each LiteRT model on the LiteRT-LM engine too (its own benchmark: prefill
+    """Every quantized artifact of gemma3-270m against float32, per recipe, format and runtime:
+    size, top-1 agreement and KL over the evaluation text, prefill and decode tokens/s.
+
+    `engine`: time each LiteRT model on the LiteRT-LM engine too (its own benchmark: prefill
     ENGINE_PREFILL tokens, decode ENGINE_DECODE)."""
     from benchmarks.litert import engine_speed
     from exporter import export
@@ -177,11 +180,9 @@ def run(exports: tuple = EXPORTS, name: str = "quantized", engine: bool = False)
             artifact = open_artifact(out)
             for fmt in formats:
                 runner = make_runner(RUNTIMES[fmt], artifact, threads=THREADS)
-                prefill, decode = time_generation(runner, prompt, 32, REPEATS)
                 row = {"bytes": _format_bytes(out, manifest["formats"][fmt], fmt),
                        **_agreement(runner, ids, reference),
-                       "prefill_tokens_per_second_median": prefill,
-                       "decode_tokens_per_second_median": decode}
+                       **time_generation(runner, prompt, 32, REPEATS)}
                 label = f"{fmt} (accuracy level {level})" if fmt == "onnx" and level else fmt
                 rows[f"{recipe} / {label} / {RUNTIMES[fmt]}"] = row
                 del runner
@@ -204,7 +205,7 @@ def run(exports: tuple = EXPORTS, name: str = "quantized", engine: bool = False)
 
 
 def run_source() -> dict:
-    """Issue 8's table: the `source` recipe per format and runtime, llama.cpp beside it."""
+    """The `source` recipe per format and runtime, llama.cpp on the GGUF itself beside it."""
     return run(SOURCE_EXPORTS, "source")
 
 

@@ -1,4 +1,4 @@
-"""Accuracy of the float32 JAX model, with the commands' figures written to out/bench/.
+"""Accuracy of the float32 JAX model against independent references.
 
 - tiny presets against HF transformers (random weights copied across): max abs logit error of
   prefill + 8 decode steps, per family;
