@@ -42,12 +42,13 @@ def reliability(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job on the embedded default model, gemma3-270m from the package index: export
-    to StableHLO and ONNX (each validated against the JAX reference), then generate with IREE
-    running the StableHLO and onnxruntime-genai running the ONNX folder."""
+    to StableHLO, ONNX and LiteRT (each validated against the JAX reference), then generate on a
+    runtime of each: IREE running the StableHLO, onnxruntime-genai the ONNX folder and the
+    LiteRT-LM engine the .litertlm bundle."""
     session.install("-e", ".")
-    session.run("gemmaforge", "export", "gemma3-270m", "--to", "stablehlo,onnx", "--out",
+    session.run("gemmaforge", "export", "gemma3-270m", "--to", "stablehlo,onnx,litert", "--out",
                 "out/gemma3-270m", "--force", *session.posargs)
-    for runtime in ("iree", "ort-genai"):
+    for runtime in ("iree", "ort-genai", "litert-lm"):
         session.run("gemmaforge", "run", "out/gemma3-270m", "--runtime", runtime, "--prompt",
                     "The capital of France is", "--max-new-tokens", "24")
 
