@@ -40,15 +40,11 @@ FORMATS = tuple(Format)
 
 
 class OnnxProfile(enum.StrEnum):
-    """The ONNX ops: ONNX Runtime's fused contrib ops, or standard opset-23 ops only."""
+    """The ONNX ops: ONNX Runtime's fused contrib ops, or standard opset-23 ops only (the ONNX
+    writer's PROFILES)."""
 
     ORT = "ort"
     STANDARD = "standard"
-
-
-if tuple(OnnxProfile) != PROFILES:  # the writer's table and this enum name the same profiles
-    raise ImportError(f"OnnxProfile {tuple(OnnxProfile)} differs from the ONNX writer's "
-                      f"profiles {PROFILES}")
 
 
 def parse_formats(text: str) -> tuple[Format, ...]:

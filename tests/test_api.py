@@ -14,6 +14,7 @@ import exporter
 import model_zoo as mz
 import runtimes
 from exporter import ExportRequest, Format, Manifest, export
+from exporter.onnx_fused import PROFILES
 from model_zoo.inference import prefill
 from runtimes import generate, open_artifact, validate
 
@@ -37,6 +38,7 @@ def test_package_roots_export_the_api():
     for name in ("export", "ExportRequest", "Manifest", "WRITERS"):
         assert name in exporter.__all__
     assert set(exporter.WRITERS) == set(Format)
+    assert tuple(exporter.OnnxProfile) == PROFILES  # the request's choices are the writer's
 
 
 def test_generate_is_the_reference_greedy_continuation(tiny_params):
