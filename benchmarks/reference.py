@@ -19,7 +19,8 @@ def run() -> dict:
 
     import model_zoo as mz
     from model_zoo.loading import load
-    from runtimes import JaxRunner, generate
+    from runtimes import JaxRunner
+    from runtimes.base import generate
     from tests.hf_reference import (
         hf_logits,
         hf_model,

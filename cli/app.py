@@ -16,20 +16,16 @@ import time
 import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
-from exporter import export, parse_formats, parse_platforms
+import runtimes
+from exporter import ExportRequest, export, parse_buckets, parse_formats, parse_platforms
 from exporter.artifact import INTERRUPTS, reserve
 from model_zoo import get_preset, preset_names
 from model_zoo.errors import GemmaforgeError
-from model_zoo.inference import default_max_len
 from model_zoo.loading import describe, load
 from model_zoo.sharding import make_mesh, parse_mesh
-from quantize import get_recipe, model_config, quantize_params
-from runtimes.artifact import open_artifact, verify_artifact
-from runtimes.jax_runner import JaxRunner
-from runtimes.registry import PRIMARY, RUNTIMES, make_runner
+from runtimes.registry import PRIMARY, RUNTIMES
 from runtimes.sampling import SamplerConfig
-from runtimes.text import generate_text
-from runtimes.validate import DEFAULT_DECODE_STEPS, format_report, summary, validate_artifact
+from runtimes.validation import DEFAULT_DECODE_STEPS, format_report, summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export Gemma models from JAX to StableHLO, ONNX and LiteRT.")
@@ -109,36 +105,14 @@ def generate_command(
 ) -> None:
     """Generate text with the JAX reference model (greedy unless --temperature > 0)."""
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
-    recipe = get_recipe(quant) if quant else None  # a bad recipe fails before the model loads
-    if recipe is not None and mesh:
-        raise GemmaforgeError("--quant runs the quantized reference unsharded: drop --mesh")
-    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
-                 mesh=device_mesh)
-    params, weights, config = model.params, model.source, model.config
-    if recipe is not None:
-        params, _ = quantize_params(params, recipe, config=model.config,
-                                    tokenizer=model.tokenizer, checkpoint=model.checkpoint)
-        weights = f"{weights}, quantized {recipe.name}"
-        config = model_config(model.config, recipe)
-    runner = JaxRunner(config, params, max_len=max_len or default_max_len(config))
-    result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
-                           weights=weights, max_new_tokens=max_new_tokens,
-                           sampler=sampler, chat=chat)
+    result = runtimes.generate(
+        preset, prompt, checkpoint=checkpoint, tokenizer=tokenizer, quant=quant,
+        max_new_tokens=max_new_tokens, sampler=sampler, chat=chat, max_len=max_len,
+        mesh=make_mesh(*parse_mesh(mesh)) if mesh else None, seed=seed)
     _print_generation(result, as_json, chat)
-    if model.random_weights and not as_json:
-        print(f"note: no checkpoint for {model.config.name}: these are {model.source}",
+    if result.random_weights and not as_json:
+        print(f"note: no checkpoint for {result.preset}: these are {result.weights}",
               file=sys.stderr)
-
-
-def _parse_buckets(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise GemmaforgeError(f"--buckets takes comma-separated token counts, e.g. 32,128,512; "
-                              f"got {text!r}") from None
 
 
 @app.command("export")
@@ -182,33 +156,30 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export a model to an artifact directory (written atomically) and validate it."""
-    formats = parse_formats(to)
-    device_mesh = make_mesh(*parse_mesh(mesh)) if mesh else None
-    # Random weights stay undrawn: the writers stream them, one tensor at a time (a calibrated
-    # recipe runs the model first, so it draws them).
-    calibrated = quant is not None and get_recipe(quant).method != "rtn"
-    prefill_lengths, targets = _parse_buckets(buckets), parse_platforms(platforms)
+    request = ExportRequest.create(
+        out, formats=parse_formats(to), max_len=max_len, buckets=parse_buckets(buckets),
+        platforms=parse_platforms(platforms), mesh=make_mesh(*parse_mesh(mesh)) if mesh else None,
+        fused=fused, symbolic_prefill=symbolic, task=task, onnx_profile=onnx_profile,
+        quant=quant, onnx_accuracy_level=onnx_accuracy_level, force=force)
     # --out is checked and locked before the model loads, and stays locked until validation
     # has recorded its verdict: a second export of the same --out fails at once.
     with reserve(out, force=force):
+        # Random weights stay undrawn: the writers stream them, one tensor at a time (a
+        # calibrated recipe runs the model first, so it draws them).
         model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed,
-                     mesh=device_mesh, materialize=calibrated)
-        manifest = export(model, out, formats=formats, max_len=max_len,
-                          buckets=prefill_lengths, platforms=targets, mesh=device_mesh,
-                          fused=fused, symbolic_prefill=symbolic, task=task,
-                          onnx_profile=onnx_profile, quant=quant,
-                          onnx_accuracy_level=onnx_accuracy_level, force=force)
-        report = None
-        if validate:  # the quick check; `gemmaforge validate` runs every runtime
-            report = validate_artifact(out, [PRIMARY[name] for name in formats])
+                     mesh=request.mesh, materialize=request.calibrated)
+        manifest = export(model, request)
+        # The quick check; `gemmaforge validate` runs every runtime.
+        report = (runtimes.validate(out, [PRIMARY[name] for name in request.formats])
+                  if validate else None)
     if as_json:
-        print(json.dumps(open_artifact(out).manifest, indent=2))
+        print(json.dumps(runtimes.open_artifact(out).manifest.to_json(), indent=2))
     else:
-        print(f"wrote {out}: {', '.join(formats)}, buckets "
-              f"{','.join(map(str, manifest['buckets']))}, max_len {manifest['max_len']}, "
-              f"weights {model.source}"
-              + (f", quantized {manifest['recipe']}" if "quantization" in manifest else "")
-              + f", {manifest['timings']['export_seconds']} s")
+        print(f"wrote {out}: {', '.join(request.formats)}, buckets "
+              f"{','.join(map(str, manifest.buckets))}, max_len {manifest.max_len}, "
+              f"weights {manifest.weights_source}"
+              + (f", quantized {manifest.recipe}" if manifest.quantization else "")
+              + f", {manifest.timings['export_seconds']} s")
         if report is not None:
             print(format_report(report))
     if report is not None and not report["passed"]:
@@ -230,7 +201,7 @@ def validate_command(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Compare each runtime with the JAX reference on fixed prompts (prefill + decode)."""
-    report = validate_artifact(directory, runtime or None, decode_steps=decode_steps,
+    report = runtimes.validate(directory, runtime or None, decode_steps=decode_steps,
                                threads=threads)
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     if not report["passed"]:
@@ -256,11 +227,8 @@ def run_command(
 ) -> None:
     """Generate text from an exported artifact on one runtime."""
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    artifact = open_artifact(directory)
-    runner = make_runner(runtime, artifact, threads=threads)
-    result = generate_text(runner, artifact.tokenizer(), prompt, preset=artifact.config.name,
-                           weights=artifact.manifest["weights_source"],
-                           max_new_tokens=max_new_tokens, sampler=sampler, chat=chat)
+    result = runtimes.run(directory, prompt, runtime=runtime, max_new_tokens=max_new_tokens,
+                          sampler=sampler, chat=chat, threads=threads)
     _print_generation(result, as_json, chat)
 
 
@@ -270,7 +238,7 @@ def verify_command(
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Check every file of an artifact against its manifest (size and sha256), runs nothing."""
-    result = verify_artifact(directory)
+    result = runtimes.verify_artifact(directory)
     if as_json:
         print(json.dumps(result, indent=2))
     else:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from exporter import integrity
 from exporter.integrity import MANIFEST, REPORT_DIR
+from exporter.manifest import FORMAT_VERSION, Manifest
 from model_zoo.checkpoints.default import sha256_of
 from model_zoo.errors import GemmaforgeError
 
-FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 TOKENIZER = "tokenizer.model"
 
@@ -238,16 +238,15 @@ def atomic_directory(out: str | os.PathLike, *, force: bool = False) -> Iterator
             raise
 
 
-def file_entries(root: Path) -> list[dict]:
+def file_entries(root: Path) -> tuple[integrity.FileEntry, ...]:
     """Every artifact file but the manifest and the reports, with size and sha256."""
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root)
         if relative.name == MANIFEST or relative.parts[0] == REPORT_DIR:
             continue
-        entries.append({"path": str(relative), "size": path.stat().st_size,
-                        "sha256": sha256_of(path)})
-    return entries
+        entries.append(integrity.FileEntry(str(relative), path.stat().st_size, sha256_of(path)))
+    return tuple(entries)
 
 
 def tool_versions(*distributions: str) -> dict[str, str]:
@@ -261,18 +260,18 @@ def tool_versions(*distributions: str) -> dict[str, str]:
     return versions
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
+def write_manifest(root: Path, manifest: Manifest) -> None:
     """Replaces manifest.json atomically (`integrity.write_atomically`: no link planted in the
     directory redirects the write); an interrupt waits until it is done, so no partial file is
     left."""
     with interrupts_deferred():
         integrity.write_atomically(root / MANIFEST,
-                                   (json.dumps(manifest, indent=2) + "\n").encode())
+                                   (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
 
 
-def read_manifest(root: str | os.PathLike) -> dict:
-    """manifest.json, parsed and checked (exporter.integrity.check_manifest): every field a
-    reader relies on is refused with one line when it is missing, mistyped or out of bounds."""
+def read_manifest(root: str | os.PathLike) -> Manifest:
+    """manifest.json, parsed and checked (`Manifest.from_json`): every field is refused with
+    one line when it is missing, mistyped or out of bounds."""
     path = Path(root) / MANIFEST
     if not path.exists():
         raise GemmaforgeError(f"{root} is not a gemmaforge artifact directory (no {MANIFEST}); "
@@ -290,15 +289,15 @@ def read_manifest(root: str | os.PathLike) -> dict:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise GemmaforgeError(f"{path} has format_version {version!r}; this gemmaforge reads "
                               f"{FORMAT_VERSION}: re-export the model")
-    return integrity.check_manifest(manifest, str(path))
+    return Manifest.from_json(manifest, str(path))
 
 
-def verify_files(root: Path, manifest: dict, *, content: bool = True
+def verify_files(root: Path, manifest: Manifest, *, content: bool = True
                  ) -> dict[str, integrity.FileEntry]:
     """Refuses an artifact whose files are missing or changed since export: each one's path
     confined to `root`, its size and (with `content`) its sha256 checked; returns the entries
     by path."""
-    entries = integrity.file_entries_of(manifest, str(Path(root) / MANIFEST))
+    entries = manifest.files_by_path
     for entry in entries.values():
         integrity.verify_file(Path(root), entry, content=content)
     return entries

@@ -27,20 +27,26 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
+from exporter import litert_quant
+from exporter.artifact import TOKENIZER
+from exporter.manifest import FormatResult, files_under
+from exporter.request import ExportPlan, ExportRequest, StoredWeights
 from exporter.tflite_inspect import describe
 from exporter.tflite_weights import fill_weights, placeable, placeholder
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, kv_names
 from model_zoo.checkpoints.default import sha256_of
-from model_zoo.checkpoints.native import weight_offsets, weight_specs
+from model_zoo.checkpoints.native import weight_offsets, weight_specs, write_safetensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.lowering import Composites, Head, Lowering
 from model_zoo.tokenizer import TURN_END, turn_start
 from model_zoo.transformer import EMBEDDING
+from quantize import dequantize
 
 DIRECTORY = "litert"
 TFLITE = "model.tflite"
 BUNDLE = "model.litertlm"
+FLOAT_FOR_LITERT = ".litert-float.safetensors"  # the dequantized weights the converter reads
 
 
 def _converter():
@@ -164,6 +170,54 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     return {"file": f"{DIRECTORY}/{TFLITE}", "fused": options.fused,
             "signatures": structure["signatures"], "weights_written_after_conversion": written,
             "timings": timings}
+
+
+def write_litert(plan: ExportPlan, stored: StoredWeights, root: Path,
+                 request: ExportRequest) -> FormatResult:
+    """Writes root/litert/: the .tflite (quantized onto the recipe's grids for a quantized
+    artifact), its .litertlm bundle and, with `request.task`, a MediaPipe .task."""
+    directory = root / DIRECTORY
+    directory.mkdir()
+    if stored.quantization is None:
+        section = write_tflite(plan.config, directory, plan.options, stored.file)
+    else:
+        section = _write_quantized_tflite(plan, directory, stored, root / FLOAT_FOR_LITERT)
+    timings = section.pop("timings")
+    tokenizer = plan.tokenizer
+    section["bundle"] = write_litertlm(
+        directory, plan.config, root / TOKENIZER, bos_id=tokenizer.bos_id,
+        stop_ids=list(tokenizer.stop_ids), max_len=plan.options.max_len)
+    if request.task:
+        section["task"] = write_task(
+            directory, root / TOKENIZER, vocab_size=plan.config.vocab_size,
+            bos_id=tokenizer.bos_id, stop_ids=list(tokenizer.stop_ids))
+    tools = ("litert-converter", "litert-lm-builder")
+    if stored.quantization is not None:
+        tools += ("ai-edge-quantizer",)
+    return FormatResult(files_under(root, directory), tuple(section["signatures"]), tools,
+                        section, timings)
+
+
+def _write_quantized_tflite(plan: ExportPlan, directory: Path, stored: StoredWeights,
+                            float_file: Path) -> dict:
+    """The LiteRT model of a quantized artifact (see exporter.litert_quant): converted from the
+    dequantized weights with float activations (`plan.config`: the dynamic-range kernels
+    round them themselves), then quantized onto the recipe's grids."""
+    config, tensors = plan.config, stored.quantization.tensors
+    quantizes = litert_quant.check_recipe(tensors).scheme is not None
+    try:
+        write_safetensors(float_file, weight_specs(config),
+                          ((name, dequantize(value)) for name, value in stored.quantized.items()))
+        section = write_tflite(config, directory, plan.options, float_file, table=quantizes)
+    finally:
+        float_file.unlink(missing_ok=True)
+    if quantizes:
+        section["quantization"] = litert_quant.quantize_tflite(directory / TFLITE, tensors,
+                                                                stored.quantized)
+    else:
+        section["quantization"] = litert_quant.FLOAT_HOLDER
+    section["signatures"] = describe(directory / TFLITE)["signatures"]
+    return section
 
 
 def llm_metadata(config: ModelConfig, *, bos_id: int, stop_ids: list[int], max_len: int):

@@ -35,17 +35,19 @@ import onnx
 from jax import export as jax_export
 from onnx import TensorProto, helper
 
+from exporter.artifact import TOKENIZER
 from exporter.genai import genai_config, write_tokenizer_files
+from exporter.manifest import FormatResult, files_under
 from exporter.onnx_fused import PROFILES, fuse_skip_norms
 from exporter.onnx_graph import MS_DOMAIN, Const, Context, Ops, tensor_proto
 from exporter.onnx_lower import lower_jaxpr, prune, rename
 from exporter.onnx_quant import (
-    ACCURACY_LEVEL,
     QuantizedWeight,
     integer_activations,
     session_config,
     write_weights,
 )
+from exporter.request import ExportPlan, ExportRequest, StoredWeights
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, weight_specs
 from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
@@ -246,14 +248,15 @@ def op_counts(nodes: list[onnx.NodeProto]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profile: str,
-               weights_file: Path, tokenizer_file: Path, tokenizer: dict,
-               quantization: dict | None = None, accuracy_level: int = ACCURACY_LEVEL,
-               external_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
-    """Writes `root/onnx/` (the decoder, genai_config.json, tokenizer files) and returns the
-    manifest section. The weights come from `weights_file` (our safetensors), one at a time;
-    `quantization` is the manifest's section of a quantized artifact (the weights file then
-    holds integer values and scales), `accuracy_level` MatMulNBits' (exporter.onnx_quant)."""
+def write_onnx(plan: ExportPlan, stored: StoredWeights, root: Path,
+               request: ExportRequest) -> FormatResult:
+    """Writes `root/onnx/` (the decoder of `request.onnx_profile`, genai_config.json, tokenizer
+    files). The weights come from the stored file, one at a time; a quantized artifact's
+    (integer values and scales) are laid out for the profile's ops at MatMulNBits'
+    `request.onnx_accuracy_level` (exporter.onnx_quant)."""
+    config, options, profile = plan.traced, plan.options, request.onnx_profile
+    weights_file, tokenizer = stored.file, plan.tokenizer
+    quantization, accuracy_level = stored.quantization, request.onnx_accuracy_level
     directory = root / DIRECTORY
     directory.mkdir()
     traced = config
@@ -261,12 +264,11 @@ def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profil
         weights = weight_constants(weights_file, config)
     else:
         weights = write_weights(weights_file, directory / DATA, config,
-                                quantization["tensors"], profile, accuracy_level)
-        if integer_activations(quantization["tensors"]):  # the matmuls round their inputs
+                                quantization.tensors, profile, accuracy_level)
+        if integer_activations(quantization.tensors):  # the matmuls round their inputs
             traced = dataclasses.replace(config, activation_quant=None)
     graph = lower_decoder(traced, options, weights, profile)
-    section = save_decoder(graph, directory, weights_file, external_bytes=external_bytes,
-                           data_written=quantization is not None)
+    section = save_decoder(graph, directory, weights_file, data_written=quantization is not None)
     entries = session_config(accuracy_level) if quantization is not None else {}
     if quantization is not None:
         section["quantization"] = {
@@ -275,12 +277,12 @@ def write_onnx(config: ModelConfig, root: Path, options: TraceOptions, *, profil
                         if isinstance(weight, QuantizedWeight)}}
     (directory / GENAI_CONFIG).write_text(json.dumps(genai_config(
         config, filename=MODEL, max_len=options.max_len, profile=profile,
-        bos_id=tokenizer["bos_id"], stop_ids=tokenizer["stop_ids"], pad_id=config.pad_id,
+        bos_id=tokenizer.bos_id, stop_ids=list(tokenizer.stop_ids), pad_id=config.pad_id,
         session_config=entries), indent=2) + "\n")
-    files = write_tokenizer_files(directory, tokenizer_file.read_bytes(),
+    files = write_tokenizer_files(directory, (root / TOKENIZER).read_bytes(),
                                   max_len=options.max_len)
-    section.update(profile=profile, directory=DIRECTORY, genai_config=GENAI_CONFIG,
+    section.update(profile=str(profile), directory=DIRECTORY, genai_config=GENAI_CONFIG,
                    tokenizer_files=files, share_buffer=profile == "ort",
                    ops=op_counts(graph.nodes),
                    inputs=[i.name for i in graph.inputs], outputs=[o.name for o in graph.outputs])
-    return section
+    return FormatResult(files_under(root, directory), (STEP.name,), ("onnx",), section)

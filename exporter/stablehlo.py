@@ -16,6 +16,8 @@ import jax
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from exporter.manifest import FormatResult, files_under
+from exporter.request import ExportPlan, ExportRequest, StoredWeights
 from exporter.trace import (
     EntryPoint,
     TraceOptions,
@@ -26,23 +28,12 @@ from exporter.trace import (
 )
 from model_zoo.composites import COMPOSITE_NAMES
 from model_zoo.config import ModelConfig
-from model_zoo.errors import GemmaforgeError
 from model_zoo.lowering import Lowering
 from model_zoo.sharding import partition_specs
 from model_zoo.tree import flatten, path_name
 
 DIRECTORY = "stablehlo"
-PLATFORMS = ("cpu", "cuda", "tpu")
 _COMPOSITE = re.compile(r'stablehlo\.composite "([\w.]+)"')
-
-
-def parse_platforms(text: str) -> tuple[str, ...]:
-    platforms = tuple(p.strip().lower() for p in text.split(",") if p.strip())
-    unknown = [p for p in platforms if p not in PLATFORMS]
-    if not platforms or unknown:
-        raise GemmaforgeError(f"--platforms takes a comma-separated subset of "
-                              f"{', '.join(PLATFORMS)}; got {text!r}")
-    return platforms
 
 
 def composites_in(mlir_text: str) -> dict[str, int]:
@@ -93,12 +84,13 @@ def export_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
     return jax_export.export(jitted, platforms=platforms)(weights, tokens, positions, cache)
 
 
-def write_stablehlo(config: ModelConfig, root: Path, options: TraceOptions, *,
-                    platforms: tuple[str, ...] = ("cpu",), mesh: Mesh | None = None,
-                    weights: dict[str, jax.ShapeDtypeStruct] | None = None) -> dict:
-    """Writes root/stablehlo/ and returns its manifest section. `weights`: the stored tensors'
-    specs when they are not the float32 parameters (a quantized tree, dequantized in the
+def write_stablehlo(plan: ExportPlan, stored: StoredWeights, root: Path,
+                    request: ExportRequest) -> FormatResult:
+    """Writes root/stablehlo/: one program per entry point, for `request.platforms` (sharded
+    on `request.mesh`), taking the stored weights (a quantized tree is dequantized in the
     programs)."""
+    config, options, platforms, mesh = plan.traced, plan.options, request.platforms, request.mesh
+    weights = stored.specs
     directory = root / DIRECTORY
     directory.mkdir()
     weight_names = list(weights or weight_specs(config))
@@ -135,4 +127,4 @@ def write_stablehlo(config: ModelConfig, root: Path, options: TraceOptions, *,
         section["mesh"] = {name: int(size) for name, size in mesh.shape.items()}
         section["shardings"] = {path_name(p): [a for a in spec] for p, spec in
                                 flatten(partition_specs(config, mesh))}
-    return section
+    return FormatResult(files_under(root, directory), tuple(entries), (), section)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from exporter import integrity
 from exporter.artifact import TOKENIZER, WEIGHTS, read_manifest, verify_files
+from exporter.manifest import Manifest
 from model_zoo.checkpoints.native import native_tensor_map, read_tensors
 from model_zoo.checkpoints.safetensors_reader import read_safetensors
 from model_zoo.config import ModelConfig, config_from_dict
@@ -24,7 +25,7 @@ class Artifact:
 
     Attributes:
       root: the directory.
-      manifest: manifest.json, parsed and checked.
+      manifest: manifest.json, parsed and checked (exporter.manifest.Manifest).
       config: the model's architecture.
       files: the manifest's file entries by relative path.
 
@@ -33,7 +34,7 @@ class Artifact:
     """
 
     root: Path
-    manifest: dict
+    manifest: Manifest
     config: ModelConfig
     files: dict[str, integrity.FileEntry] = dataclasses.field(default_factory=dict)
 
@@ -64,17 +65,17 @@ class Artifact:
 
     @property
     def max_len(self) -> int:
-        return int(self.manifest["max_len"])
+        return self.manifest.max_len
 
     @property
     def buckets(self) -> tuple[int, ...]:
-        return tuple(self.manifest["buckets"])
+        return self.manifest.buckets
 
     def format(self, name: str) -> dict:
-        section = self.manifest["formats"].get(name)
+        section = self.manifest.formats.get(name)
         if section is None:
             raise GemmaforgeError(f"{self.root} has no {name} artifacts (it has "
-                                  f"{', '.join(self.manifest['formats']) or 'none'}); export "
+                                  f"{', '.join(self.manifest.formats) or 'none'}); export "
                                   f"with --to {name}")
         return section
 
@@ -90,7 +91,7 @@ class Artifact:
 
     @property
     def quantized(self) -> bool:
-        return "quantization" in self.manifest
+        return self.manifest.quantization is not None
 
     def weights(self, shardings: Params | None = None) -> Params:
         """The parameters the model was exported from: float32, or the quantized tree (integer
@@ -122,8 +123,7 @@ def verify_artifact(path: str | os.PathLike) -> dict:
     {"directory", "passed", "files": [{"path", "size", "status"}], "unlisted": [paths]}; the
     status is "ok" or the reason the file fails. A manifest that cannot be read is an error."""
     root = Path(path)
-    manifest = read_manifest(root)
-    entries = integrity.file_entries_of(manifest, str(root / integrity.MANIFEST))
+    entries = read_manifest(root).files_by_path
     rows = []
     for entry in entries.values():
         try:

@@ -13,6 +13,15 @@ from model_zoo.errors import GemmaforgeError
 from runtimes.sampling import GREEDY, Sampler, SamplerConfig
 
 
+@dataclasses.dataclass(frozen=True)
+class TextRun:
+    """A text runner's continuation and the seconds its prefill and decode took."""
+
+    text: str
+    prefill_seconds: float
+    decode_seconds: float
+
+
 class Runner(Protocol):
     """One sequence at a time on one runtime.
 

@@ -17,6 +17,7 @@ from exporter.integrity import sha256_file
 from exporter.trace import DECODE, empty_cache
 from model_zoo.checkpoints.default import cache_dir
 from runtimes.artifact import Artifact
+from runtimes.base import TextRun
 from runtimes.entry_runner import EntryPointRunner
 from runtimes.sampling import GREEDY, SamplerConfig
 
@@ -82,7 +83,6 @@ class LiteRTLMRunner:
 
     name = "litert-lm"
     text_only = True
-    last_timings = (0.0, 0.0)
 
     def __init__(self, artifact: Artifact, *, threads: int | None = None,
                  bundle: str = "bundle"):
@@ -102,9 +102,9 @@ class LiteRTLMRunner:
             activation_data_type=litert_lm.ActivationDataType.FLOAT32)
 
     def generate_text(self, prompt: str, max_new_tokens: int,
-                      sampler: SamplerConfig = GREEDY) -> str:
-        """The engine's continuation of `prompt` (it adds BOS and stops at the stop tokens).
-        `last_timings` keeps the (prefill, decode) seconds of the call."""
+                      sampler: SamplerConfig = GREEDY) -> TextRun:
+        """The engine's continuation of `prompt` (it adds BOS and stops at the stop tokens),
+        with the seconds its prefill and decode took."""
         if sampler.greedy:
             config = self._litert_lm.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0,
                                                    seed=sampler.seed)
@@ -120,7 +120,6 @@ class LiteRTLMRunner:
             session.run_prefill([prompt])
             prefilled = time.perf_counter()
             text = session.run_decode().texts[0]
-            self.last_timings = (prefilled - start, time.perf_counter() - prefilled)
-            return text
+            return TextRun(text, prefilled - start, time.perf_counter() - prefilled)
         finally:
             session.close()

@@ -1,17 +1,31 @@
-"""Text in, text out on any runner: what `gemmaforge generate` and `gemmaforge run` print."""
+"""Text in, text out: `generate` (a model loaded, quantized and run on the JAX reference) and
+`run` (an exported artifact on one runtime), what `gemmaforge generate` and `gemmaforge run`
+print, and `generate_text` on any runner."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
+from jax.sharding import Mesh
+
+from model_zoo.errors import GemmaforgeError
+from model_zoo.inference import default_max_len
+from model_zoo.loading import load
 from model_zoo.tokenizer import Tokenizer, chat_prompt
-from runtimes.base import Runner, check_room, generate
+from quantize import get_recipe, model_config, quantize_params
+from runtimes import base
+from runtimes.artifact import open_artifact
+from runtimes.base import Runner, check_room
+from runtimes.jax_runner import JaxRunner
+from runtimes.registry import make_runner
 from runtimes.sampling import GREEDY, SamplerConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class TextGeneration:
-    """A finished generation, as `--json` prints it."""
+    """A finished generation, as `--json` prints it (`random_weights` aside: whether the model
+    had no checkpoint, which the CLI says on stderr)."""
 
     preset: str
     weights: str
@@ -23,9 +37,50 @@ class TextGeneration:
     stop_reason: str
     prefill_tokens_per_second: float
     decode_tokens_per_second: float
+    random_weights: bool = False
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["random_weights"]
+        return data
+
+
+def generate(preset: str | None, prompt: str, *, checkpoint: str | os.PathLike | None = None,
+             tokenizer: str | os.PathLike | None = None, quant: str | None = None,
+             max_new_tokens: int = 32, sampler: SamplerConfig = GREEDY, chat: bool = False,
+             max_len: int | None = None, mesh: Mesh | None = None,
+             seed: int = 0) -> TextGeneration:
+    """Loads `preset` (its packaged weights, `checkpoint`, or random weights drawn from
+    `seed`), quantizes it with the recipe `quant` (a name or a .toml/.json file; None: float32)
+    and continues `prompt` on the JAX reference until a stop token or `max_new_tokens`. The
+    result holds the new text and ids and the prefill and decode speeds."""
+    recipe = get_recipe(quant) if quant else None  # a bad recipe fails before the model loads
+    if recipe is not None and mesh is not None:
+        raise GemmaforgeError("--quant runs the quantized reference unsharded: drop --mesh")
+    model = load(preset, checkpoint=checkpoint, tokenizer=tokenizer, seed=seed, mesh=mesh)
+    params, weights, config = model.params, model.source, model.config
+    if recipe is not None:
+        params, _ = quantize_params(params, recipe, config=model.config,
+                                    tokenizer=model.tokenizer, checkpoint=model.checkpoint)
+        weights = f"{weights}, quantized {recipe.name}"
+        config = model_config(model.config, recipe)
+    runner = JaxRunner(config, params, max_len=max_len or default_max_len(config))
+    result = generate_text(runner, model.tokenizer, prompt, preset=model.config.name,
+                           weights=weights, max_new_tokens=max_new_tokens, sampler=sampler,
+                           chat=chat)
+    return dataclasses.replace(result, random_weights=model.random_weights)
+
+
+def run(path: str | os.PathLike, prompt: str, *, runtime: str = "stablehlo",
+        max_new_tokens: int = 32, sampler: SamplerConfig = GREEDY, chat: bool = False,
+        threads: int | None = None) -> TextGeneration:
+    """Continues `prompt` with the artifact at `path` on `runtime` (runtimes.registry),
+    `threads` CPU threads where the runtime takes them."""
+    artifact = open_artifact(path)
+    runner = make_runner(runtime, artifact, threads=threads)
+    return generate_text(runner, artifact.tokenizer(), prompt, preset=artifact.config.name,
+                         weights=artifact.manifest.weights_source,
+                         max_new_tokens=max_new_tokens, sampler=sampler, chat=chat)
 
 
 def generate_text(runner: Runner, tokenizer: Tokenizer, prompt: str, *, preset: str,
@@ -39,7 +94,7 @@ def generate_text(runner: Runner, tokenizer: Tokenizer, prompt: str, *, preset: 
         return _generate_on_text_runner(runner, tokenizer, text_in, prompt, prompt_ids,
                                         preset=preset, weights=weights,
                                         max_new_tokens=max_new_tokens, sampler=sampler)
-    result = generate(runner, prompt_ids, max_new_tokens, tokenizer.stop_ids, sampler)
+    result = base.generate(runner, prompt_ids, max_new_tokens, tokenizer.stop_ids, sampler)
     shown = result.generated_ids
     if result.stop_reason == "stop_token":
         shown = shown[:-1]
@@ -56,8 +111,8 @@ def _generate_on_text_runner(runner, tokenizer: Tokenizer, text_in: str, prompt:
                              max_new_tokens: int, sampler: SamplerConfig) -> TextGeneration:
     """A runtime that takes text and returns text (LiteRT-LM's engine adds BOS itself)."""
     check_room(runner, len(prompt_ids), max_new_tokens)
-    text = runner.generate_text(text_in, max_new_tokens, sampler)
-    prefill_seconds, decode_seconds = runner.last_timings
+    done = runner.generate_text(text_in, max_new_tokens, sampler)
+    text, prefill_seconds, decode_seconds = done.text, done.prefill_seconds, done.decode_seconds
     generated = tokenizer.encode(text, add_bos=False)
     return TextGeneration(
         preset=preset, weights=weights, runtime=runner.name, prompt=prompt,

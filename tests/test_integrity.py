@@ -411,7 +411,7 @@ def test_ort_genai_never_follows_a_link_planted_in_the_shared_tmpdir(onnx_artifa
 
 
 def test_validation_writes_through_no_planted_link(artifact_copy, tmp_path):
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -424,7 +424,7 @@ def test_validation_writes_through_no_planted_link(artifact_copy, tmp_path):
 
 
 def test_validation_refuses_a_report_folder_that_leads_elsewhere(artifact_copy, tmp_path):
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -11,11 +11,11 @@ import pytest
 import model_zoo as mz
 from exporter import export, read_manifest
 from exporter.tflite_inspect import describe
-from runtimes import generate
 from runtimes.artifact import open_artifact
+from runtimes.base import generate
 from runtimes.registry import make_runner
 from runtimes.tolerances import XNNPACK_FLOAT32
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 from tests.conftest import TINY_PRESETS, expected_composites
 
 

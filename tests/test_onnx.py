@@ -27,11 +27,11 @@ from exporter.onnx_lower import lower_jaxpr
 from exporter.trace import resolve_options
 from model_zoo.checkpoints.native import save_params
 from model_zoo.errors import GemmaforgeError
-from runtimes import generate
 from runtimes.artifact import open_artifact
+from runtimes.base import generate
 from runtimes.registry import make_runner
 from runtimes.tolerances import ONNX_FLOAT32
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 from tests.conftest import TINY_PRESETS
 
 PROFILES = ("ort", "standard")

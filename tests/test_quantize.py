@@ -23,7 +23,7 @@ from quantize.spec import QuantSpec, quantize_tensor
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import make_runner
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 
 # Round-to-nearest puts every weight within half a step of its grid point; float32 arithmetic on
 # the scale adds a few ulps.
@@ -693,7 +693,7 @@ def test_activation_rounding_tolerance_pools_positions_and_judges_distributions(
         ACTIVATION_ROUNDING_KL_MEAN,
         ACTIVATION_ROUNDING_MIN_TOP1,
     )
-    from runtimes.validate import judge
+    from runtimes.validation import judge
 
     tolerance = {"kl_mean": ACTIVATION_ROUNDING_KL_MEAN, "kl_max": ACTIVATION_ROUNDING_KL_MAX,
                  "min_top1": ACTIVATION_ROUNDING_MIN_TOP1}

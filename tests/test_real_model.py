@@ -10,7 +10,8 @@ import model_zoo as mz
 from cli.app import main
 from model_zoo.checkpoints.default import DEFAULT_CHECKPOINTS, default_checkpoint, sha256_of
 from model_zoo.loading import load
-from runtimes import JaxRunner, generate
+from runtimes import JaxRunner
+from runtimes.base import generate
 from runtimes.tolerances import REAL_MODEL_FLOAT32
 from tests.hf_reference import hf_logits, hf_model, long_prompt_ids, ours_stepwise
 from tests.shared_data import REF_PROMPTS, REFS, require
@@ -83,7 +84,7 @@ def test_stablehlo_artifact_reproduces_the_references(tmp_path_factory, model):
     from exporter import export
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     out = tmp_path_factory.mktemp("export") / "gemma3-270m"
     export(model, out)
@@ -103,7 +104,7 @@ def test_litert_artifact_reproduces_the_references(tmp_path_factory, model):
     from exporter import export
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     out = tmp_path_factory.mktemp("export") / "gemma3-270m-litert"
     export(model, out, formats=("litert",), task=True)
@@ -121,7 +122,7 @@ def test_litert_artifact_reproduces_the_references(tmp_path_factory, model):
         stop = next((i for i, t in enumerate(greedy) if t in model.tokenizer.stop_ids),
                     len(greedy))
         for engine in engines:
-            assert engine.generate_text(prompt, 32) == model.tokenizer.decode(greedy[:stop]), \
+            assert engine.generate_text(prompt, 32).text == model.tokenizer.decode(greedy[:stop]), \
                 (engine.name, name)
 
 
@@ -131,7 +132,7 @@ def test_onnx_artifact_reproduces_the_references(tmp_path_factory, model):
     from exporter import export
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     out = tmp_path_factory.mktemp("export") / "gemma3-270m-onnx"
     export(model, out, formats=("onnx",))
@@ -172,7 +173,7 @@ def test_quantized_artifacts_match_the_quantized_reference(tmp_path_factory, mod
     and every top-1 equal, or, where activations are rounded, within the activation-rounding
     tolerance (a text runner then follows the same file's logits runner)."""
     from exporter import export
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
 
     out = tmp_path_factory.mktemp("export") / f"gemma3-270m-{recipe}"
     export(model, out, formats=formats, quant=recipe)
@@ -193,7 +194,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     from quantize.spec import to_matrix
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
-    from runtimes.validate import validate_artifact
+    from runtimes.validation import validate_artifact
     from tests.test_quantize import _onnx_initializers
     from tests.test_source import ZERO_POINT_ULPS, _onnx_weight
 

@@ -8,7 +8,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import model_zoo as mz
 from model_zoo import inference, sharding
-from runtimes import JaxRunner, generate
+from runtimes import JaxRunner
+from runtimes.base import generate
 from runtimes.tolerances import SAME_MATH_FLOAT32
 from tests.conftest import TINY_PRESETS
 

@@ -22,7 +22,7 @@ from quantize.spec import to_matrix
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import make_runner
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 from tests.writers import random_blocks, write_gguf
 
 T = gguf.GGMLQuantizationType

@@ -19,7 +19,7 @@ from model_zoo.sharding import make_mesh
 from runtimes.artifact import open_artifact
 from runtimes.registry import make_runner
 from runtimes.tolerances import SAME_MATH_FLOAT32
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 from tests.conftest import TINY_PRESETS, expected_composites
 
 
@@ -112,7 +112,7 @@ def test_stablehlo_and_iree_match_the_reference(name, tiny_artifact):
 
 
 def test_greedy_generation_is_identical_across_runtimes(tiny_artifact):
-    from runtimes import generate
+    from runtimes.base import generate
 
     artifact = open_artifact(tiny_artifact("tiny-gemma2"))
     prompt = artifact.tokenizer().encode("Tiny models repeat themselves, but identically.")
@@ -166,12 +166,12 @@ def test_existing_output_is_refused_and_failures_leave_nothing(tmp_path, tiny_pa
         export(model, out, force=True)
     (out / "manifest.json").write_text('{"format_version": 1}')  # an (old) artifact: replaceable
 
-    import exporter.pipeline as export_module
+    from exporter import WRITERS, Format
 
     def broken(*args, **kwargs):
         raise RuntimeError("writer failed half way")
 
-    monkeypatch.setattr(export_module, "write_stablehlo", broken)
+    monkeypatch.setitem(WRITERS, Format.STABLEHLO, broken)
     with pytest.raises(RuntimeError, match="half way"):
         export(model, out, force=True)
     assert (out / "keep.txt").read_text() == "mine"  # the old directory is untouched

@@ -15,7 +15,7 @@ from exporter import export
 from exporter.tflite_weights import _layout, buffer_region, placeable
 from model_zoo.checkpoints.native import weight_offsets, weight_specs
 from model_zoo.errors import GemmaforgeError
-from runtimes.validate import validate_artifact
+from runtimes.validation import validate_artifact
 
 # tiny-gemma2 with head_dim 24, so that N * H (96) differs from D (64) and every matrix,
 # q_proj and o_proj included, can go in as a placeholder.

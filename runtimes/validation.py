@@ -9,6 +9,7 @@ agrees. The summary goes into manifest.json and the full report into report/vali
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -100,7 +101,7 @@ def compare_text(runner, tokenizer, prompt: str, reference_tokens: list[int],
         if token in stop_ids:
             expected = reference_tokens[:index]
             break
-    text = runner.generate_text(prompt, steps)
+    text = runner.generate_text(prompt, steps).text
     reference = tokenizer.decode(expected)
     # A streaming detokenizer holds back an unfinished UTF-8 sequence at the end: no text yet.
     identical = text in (reference, reference.rstrip("\ufffd"))
@@ -129,7 +130,7 @@ def runtime_tolerance(artifact: Artifact, runtime: str) -> dict:
     if artifact.config.activation_quant is not None or rounds_activations(artifact, runtime):
         return {"kl_mean": ACTIVATION_ROUNDING_KL_MEAN, "kl_max": ACTIVATION_ROUNDING_KL_MAX,
                 "min_top1": ACTIVATION_ROUNDING_MIN_TOP1}
-    atol, rtol = artifact_tolerance(artifact.manifest["precision"])
+    atol, rtol = artifact_tolerance(artifact.manifest.precision)
     return {"atol": atol, "rtol_of_max_logit": rtol, "min_top1": 1.0}
 
 
@@ -164,59 +165,38 @@ def greedy_tokens(artifact: Artifact, runtime: str, prompts: dict[str, list[int]
     return tokens
 
 
+@dataclasses.dataclass(frozen=True)
+class _Reference:
+    """The JAX reference's logits and greedy tokens on the fixed prompts, which every runtime
+    of one validation is compared with."""
+
+    artifact: Artifact
+    prompts: dict[str, list[int]]
+    expected: dict[str, tuple[np.ndarray, list[int]]]
+    decode_steps: int
+    threads: int | None
+    # format -> prompt -> its logits runner's own greedy tokens (text runners' reference where
+    # that runtime rounds activations), made when first needed.
+    own_greedy: dict[str, dict[str, list[int]]] = dataclasses.field(default_factory=dict)
+
+
 def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None, *,
                       decode_steps: int = DEFAULT_DECODE_STEPS, record: bool = True,
                       threads: int | None = None) -> dict:
-    """Validates every runtime on the artifact; returns the report (and records it)."""
+    """Validates every runtime on the artifact (default: every runtime of its formats);
+    returns the report (and, with `record`, writes it beside the manifest's summary)."""
     artifact = open_artifact(path)
     runtimes = runtimes or runtimes_for(artifact)
-    precision = artifact.manifest["precision"]
+    precision = artifact.manifest.precision
     prompts = prompt_ids(artifact, decode_steps)
-    tokenizer = artifact.tokenizer()
-    reference = make_runner("jax", artifact)
-    expected = {name: trajectory(reference, ids, None, decode_steps)
-                for name, ids in prompts.items()}
-    own_greedy = {}  # format -> prompt -> its logits runner's greedy tokens
+    jax_runner = make_runner("jax", artifact)
+    reference = _Reference(artifact, prompts,
+                           {name: trajectory(jax_runner, ids, None, decode_steps)
+                            for name, ids in prompts.items()}, decode_steps, threads)
     results = {}
     for runtime in runtimes:
-        started = time.perf_counter()
-        runner = make_runner(runtime, artifact, threads=threads)
-        load_seconds = time.perf_counter() - started
-        per_prompt = {}
-        text_reference = "jax"
-        for name, ids in prompts.items():
-            ref_logits, forced = expected[name]
-            if getattr(runner, "text_only", False):
-                # The reference fed its greedy tokens back; the last logits give one more.
-                greedy = [*forced, int(np.argmax(ref_logits[-1]))]
-                if rounds_activations(artifact, runtime):
-                    # int8 activations may turn a near-tie the other way, and greedy text
-                    # then parts from the reference's: the text runner must continue as the
-                    # same model file does under its logits runner, which is judged above.
-                    family = RUNTIMES[runtime][0]
-                    text_reference = PRIMARY[family]
-                    if family not in own_greedy:
-                        own_greedy[family] = greedy_tokens(artifact, text_reference, prompts,
-                                                           decode_steps, threads)
-                    greedy = own_greedy[family][name]
-                per_prompt[name] = {"prompt_tokens": len(ids), "generation": compare_text(
-                    runner, tokenizer, tokenizer.decode(ids[1:]), greedy, tokenizer.stop_ids)}
-                continue
-            logits, _ = trajectory(runner, ids, forced, decode_steps)
-            per_prompt[name] = {"prompt_tokens": len(ids),
-                                "prefill": compare(ref_logits[:1], logits[:1]),
-                                "decode": compare(ref_logits[1:], logits[1:])}
-        tolerance = runtime_tolerance(artifact, runtime)
-        passed = judge([metrics for p in per_prompt.values()
-                        for part, metrics in p.items() if part != "prompt_tokens"], tolerance)
-        results[runtime] = {"passed": passed, "load_seconds": round(load_seconds, 2),
-                            "prompts": per_prompt}
-        if "kl_mean" in tolerance:
-            results[runtime]["tolerance"] = tolerance
-        if text_reference != "jax":
-            results[runtime]["text_reference"] = text_reference
-        del runner  # one runtime's copy of the weights at a time
-        gc.collect()
+        results[runtime] = _check_runtime(reference, runtime)
+        gc.collect()  # one runtime's copy of the weights at a time
     report = {
         "precision": precision,
         "tolerance": dict(zip(("atol", "rtol_of_max_logit"), artifact_tolerance(precision),
@@ -230,6 +210,56 @@ def validate_artifact(path: str | os.PathLike, runtimes: list[str] | None = None
     if record:
         _record(artifact, report)
     return report
+
+
+def _check_runtime(reference: _Reference, runtime: str) -> dict:
+    """One runtime's result: its metrics on each prompt, judged against its tolerance."""
+    artifact, tokenizer = reference.artifact, reference.artifact.tokenizer()
+    started = time.perf_counter()
+    runner = make_runner(runtime, artifact, threads=reference.threads)
+    load_seconds = time.perf_counter() - started
+    text_only = getattr(runner, "text_only", False)
+    # int8 activations may turn a near-tie the other way, and greedy text then parts from the
+    # reference's: such a text runner must continue as the same model file does under its
+    # logits runner, which is judged on its own.
+    text_reference = ("jax" if not text_only or not rounds_activations(artifact, runtime)
+                      else PRIMARY[RUNTIMES[runtime][0]])
+    per_prompt = {}
+    for name, ids in reference.prompts.items():
+        ref_logits, forced = reference.expected[name]
+        if text_only:
+            greedy = _text_reference_tokens(reference, text_reference, name)
+            per_prompt[name] = {"prompt_tokens": len(ids), "generation": compare_text(
+                runner, tokenizer, tokenizer.decode(ids[1:]), greedy, tokenizer.stop_ids)}
+            continue
+        logits, _ = trajectory(runner, ids, forced, reference.decode_steps)
+        per_prompt[name] = {"prompt_tokens": len(ids),
+                            "prefill": compare(ref_logits[:1], logits[:1]),
+                            "decode": compare(ref_logits[1:], logits[1:])}
+    tolerance = runtime_tolerance(artifact, runtime)
+    passed = judge([metrics for p in per_prompt.values()
+                    for part, metrics in p.items() if part != "prompt_tokens"], tolerance)
+    result = {"passed": passed, "load_seconds": round(load_seconds, 2), "prompts": per_prompt}
+    if "kl_mean" in tolerance:
+        result["tolerance"] = tolerance
+    if text_reference != "jax":
+        result["text_reference"] = text_reference
+    return result
+
+
+def _text_reference_tokens(reference: _Reference, text_reference: str, prompt: str
+                           ) -> list[int]:
+    """The greedy tokens a text runner's continuation of `prompt` must match: the JAX
+    reference's (it fed its greedy tokens back; the last logits give one more), or those of
+    the runtime `text_reference`."""
+    if text_reference == "jax":
+        ref_logits, forced = reference.expected[prompt]
+        return [*forced, int(np.argmax(ref_logits[-1]))]
+    if text_reference not in reference.own_greedy:
+        reference.own_greedy[text_reference] = greedy_tokens(
+            reference.artifact, text_reference, reference.prompts, reference.decode_steps,
+            reference.threads)
+    return reference.own_greedy[text_reference][prompt]
 
 
 def summary(report: dict) -> dict:
@@ -259,9 +289,8 @@ def _record(artifact: Artifact, report: dict) -> None:
     if reports.is_symlink() or reports.exists() and not reports.is_dir():
         raise GemmaforgeError(f"{reports} is not a folder of the artifact (a link or a file); "
                               "remove it so that the validation report can be written")
-    manifest = dict(artifact.manifest)
-    manifest["validation"] = {"status": "passed" if report["passed"] else "failed",
-                              **summary(report)}
+    manifest = artifact.manifest.with_validation(
+        {"status": "passed" if report["passed"] else "failed", **summary(report)})
     with interrupts_deferred():
         reports.mkdir(exist_ok=True)
         integrity.write_atomically(reports / "validation.json",
