@@ -112,7 +112,7 @@ def _scheme(name: str, spec: dict) -> tuple[str, int | None, bool] | None:
 def check_recipe(tensors: dict[str, dict]) -> Plan:
     """The LiteRT plan for the manifest's per-tensor specs; a clear error for any tensor it
     cannot hold, or projections that do not all take one scheme."""
-    from model_zoo.quantized import is_matrix
+    from model_zoo.layers import is_matrix
 
     schemes = {name: _scheme(name, spec) for name, spec in tensors.items()
                if is_matrix(name)}  # vectors stay float32

@@ -33,7 +33,6 @@ from model_zoo.checkpoints.native import weight_specs, write_safetensors
 from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
-from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer
 
 FORMATS = ("stablehlo", "onnx", "litert")
@@ -117,7 +116,7 @@ def export(model: LoadedModel, out: str | os.PathLike, *, formats: tuple[str, ..
             hessians = quantize.calibrate(recipe, model.config, model.params, model.tokenizer)
             quantized = quantize.apply(model.weights(), recipe, hessians, sources)
             del hessians
-            flat = flatten_params(quantize.to_params(quantized))
+            flat = quantize.flatten_params(quantize.to_params(quantized))
             write_safetensors(root / WEIGHTS, {n: (a.shape, a.dtype) for n, a in flat.items()},
                               flat.items())
             stored = {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in flat.items()}

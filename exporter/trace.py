@@ -30,9 +30,9 @@ from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
-from model_zoo.quantized import nest_params
 from model_zoo.transformer import Params, abstract_params, apply
 from model_zoo.tree import flatten, path_name
+from quantize.tensor import dequantize_params, nest_params
 
 DEFAULT_BUCKETS = (32, 128, 512)
 SYMBOLIC_PREFILL = "prefill"
@@ -48,9 +48,9 @@ def flat_weights(params: Params) -> dict[str, jax.Array]:
     return {path_name(path): leaf for path, leaf in flatten(params)}
 
 
-def nested_weights(weights: dict[str, jax.Array]) -> Params:
-    """Dotted names -> the parameter tree (quantized tensors as `QArray`s)."""
-    return nest_params(weights)
+def nested_weights(config: ModelConfig, weights: dict[str, jax.Array]) -> Params:
+    """Dotted names -> the parameter tree (quantized tensors as `quantize.QuantizedTensor`s)."""
+    return nest_params(config, weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +143,9 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, tokens: jax.Ar
     cache = KVCache(k=tuple(kv_cache[f"kv_cache_k_{i}"] for i in range(config.num_layers)),
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
     last = None if entry.every_position else jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
+    # A quantized tree is dequantized here, inside the trace: the exported program holds the
+    # integer values and scales and computes the float weights itself.
+    params = dequantize_params(params)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, fused=fused,
                           logits_index=last, table_left_head=table_left_head,
                           logits=entry.returns_logits, fused_rope=fused_rope,
@@ -174,8 +177,8 @@ def entry_function(config: ModelConfig, entry: EntryPoint, *, fused: bool,
     fused, fused_lookup = fused and composites, fused_lookup and composites
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
-            return _step(config, nested_weights(weights), entry, tokens, input_pos, kv_cache,
-                         fused, table_left_head, fused_rope, fused_lookup)
+            return _step(config, nested_weights(config, weights), entry, tokens, input_pos,
+                         kv_cache, fused, table_left_head, fused_rope, fused_lookup)
         return with_weights
 
     def with_constants(tokens, input_pos, kv_cache):

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import QArray, dequantize
+from quantize.tensor import QuantizedTensor
 
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128)
@@ -84,25 +84,6 @@ class FloatSpec:
 
 FLOAT32 = FloatSpec("float32")
 FLOAT16 = FloatSpec("float16")
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizedTensor:
-    """values int8 [in, out]; scales float32 [in / block (1 per channel), out]; zeros of the
-    scales' shape for asymmetric grids (int8 / uint8, float32 for float zero points); `shape`
-    and `in_axes` restore the weight's own layout."""
-
-    values: np.ndarray
-    scales: np.ndarray
-    zeros: np.ndarray | None
-    spec: QuantSpec
-    shape: tuple[int, ...]
-    in_axes: int  # the weight's leading (in_axes > 0) or trailing (< 0) axes form `in`
-
-    def dequantize(self) -> np.ndarray:
-        """float32 in the weight's own shape: the model's own dequantization."""
-        q = QArray(self.values, self.scales, self.zeros)
-        return np.asarray(dequantize(q, self.shape, self.in_axes))
 
 
 def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:

@@ -16,10 +16,10 @@ from exporter import export
 from model_zoo.cache import KVCache
 from model_zoo.checkpoints.native import read_tensors, weight_specs
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import dequantize_params
 from model_zoo.transformer import apply
 from model_zoo.tree import flatten, get_path, parse_name, path_name, unflatten
 from quantize.spec import QuantSpec, quantize_tensor
+from quantize.tensor import dequantize_params
 from runtimes.artifact import open_artifact
 from runtimes.jax_runner import JaxRunner
 from runtimes.registry import make_runner
@@ -189,10 +189,10 @@ def test_quantized_reference_is_the_float_model_on_the_dequantized_weights(recip
                             for name, value in quantized.items())
     tokens = jnp.asarray([[2, 17, 99, 401, 7, 8]], jnp.int32)
     positions = jnp.arange(6, dtype=jnp.int32)[None]
-    run = jax.jit(lambda p: apply(config, p, tokens, positions,
+    run = jax.jit(lambda p: apply(config, dequantize_params(p), tokens, positions,
                                   KVCache.create(config, 1, 16))[0])
     # In-graph (jitted) dequantization gives the very weights the eager one does...
-    in_graph = jax.jit(lambda p: dequantize_params(config, p))(qparams)
+    in_graph = jax.jit(dequantize_params)(qparams)
     for path, leaf in flatten(dequantized):
         np.testing.assert_array_equal(np.asarray(get_path(in_graph, path)), leaf)
     # ...and XLA, fusing it into the matmuls, only reorders float32 rounding.
@@ -397,7 +397,7 @@ def test_int8_dyn_reference_rounds_activations_where_int8_does_not(tiny_params):
     for recipe in ("int8", "int8-dyn"):
         qparams, quantized = quantize.quantize_params(params, recipe)
         run_config = quantize.model_config(config, recipe)
-        logits[recipe] = np.asarray(apply(run_config, qparams, tokens, positions,
+        logits[recipe] = np.asarray(apply(run_config, dequantize_params(qparams), tokens, positions,
                                           KVCache.create(run_config, 1, 16))[0])
         assert run_config.activation_quant == (None if recipe == "int8" else "int8-dynamic")
         assert quantized["layers.0.attn.q_proj"].spec.activations == run_config.activation_quant
@@ -641,7 +641,7 @@ def test_int4_cal_is_closer_to_float32_than_int4_on_unseen_text(tiny_params):
     def kl(recipe):
         qparams, _ = quantize.quantize_params(params, recipe, config=config,
                                               tokenizer=tokenizer)
-        ours = log_probs(dequantize_params(config, qparams))
+        ours = log_probs(dequantize_params(qparams))
         return float(jnp.mean(jnp.sum(jnp.exp(reference) * (reference - ours), -1)))
 
     assert kl("int4-cal") < 0.75 * kl("int4")

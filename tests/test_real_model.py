@@ -188,7 +188,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     dequantization (the float32 model), and the artifact reproduces the float32 references'
     logits and greedy continuations with weight-only execution (accuracy level 0)."""
     from exporter import export
-    from model_zoo.quantized import IN_AXES
+    from model_zoo.layers import IN_AXES
     from model_zoo.tree import flatten, path_name
     from quantize.spec import to_matrix
     from runtimes.artifact import open_artifact

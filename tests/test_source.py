@@ -15,7 +15,7 @@ from exporter import export
 from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
 from model_zoo.checkpoints.native import read_tensors
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import IN_AXES
+from model_zoo.layers import IN_AXES
 from model_zoo.tree import flatten, path_name
 from quantize.source import decode, source_tensor
 from quantize.spec import to_matrix
