@@ -19,7 +19,7 @@ from model_zoo.transformer import Params
 from model_zoo.tree import flatten, parse_name, path_name, set_path
 from quantize.recipes import RECIPES, SOURCE, Recipe, get_recipe, load_recipe_file
 from quantize.source import SourceTensor
-from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec, quantize_tensor
+from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
 from quantize.tensor import (
     QuantizedTensor,
     dequantize_once,
@@ -27,6 +27,7 @@ from quantize.tensor import (
     flatten_params,
     is_quantized,
     nest_params,
+    quantize_tensor,
 )
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "activation_quant",

@@ -1,4 +1,5 @@
-"""How one weight is quantized (QuantSpec), and the integer values and scales that result.
+"""How one weight is quantized (QuantSpec): the grids its integer values and scales
+(`quantize.tensor`) lie on.
 
 A weight is seen as a matrix [in, out]: `in` the axes a matmul contracts (the input features),
 `out` the rest (the output channels). Scales run along `out`, one per channel (`block=None`) or
@@ -18,7 +19,6 @@ import math
 import numpy as np
 
 from model_zoo.errors import GemmaforgeError
-from quantize.tensor import QuantizedTensor
 
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128)
@@ -102,34 +102,6 @@ def block_of(name: str, spec: QuantSpec, inputs: int) -> int:
         raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {inputs} input "
                               f"features; use a block that divides {inputs} or per-channel")
     return block
-
-
-def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
-                    in_axes: int) -> QuantizedTensor:
-    """Round-to-nearest onto `spec`'s grid, scales from each group's range."""
-    matrix = to_matrix(np.asarray(weight, np.float32), in_axes)
-    inputs, outputs = matrix.shape
-    block = block_of(name, spec, inputs)
-    groups = matrix.reshape(inputs // block, block, outputs)
-    if spec.symmetric:
-        scales = np.abs(groups).max(axis=1) / spec.qmax
-        zeros = None
-    else:
-        low = np.minimum(groups.min(axis=1), 0.0)
-        high = np.maximum(groups.max(axis=1), 0.0)
-        scales = (high - low) / (spec.qmax - spec.qmin)
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    storage = np.int8 if spec.qmax < 128 else np.uint8
-    if spec.zero_point == "float":
-        zeros = (-low / scales).astype(np.float32)
-    elif not spec.symmetric:
-        zeros = np.clip(np.round(-low / scales), spec.qmin, spec.qmax).astype(storage)
-    shifted = groups / scales[:, None, :]
-    if zeros is not None:
-        shifted = shifted + zeros[:, None, :]
-    values = np.clip(np.round(shifted), spec.qmin, spec.qmax).astype(storage)
-    values = values.reshape(inputs, outputs)
-    return QuantizedTensor(values, scales, zeros, spec, tuple(weight.shape), in_axes)
 
 
 def pack4(values: np.ndarray) -> np.ndarray:

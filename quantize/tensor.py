@@ -1,4 +1,5 @@
-"""The one quantized-tensor type, and the parameter-tree transforms around it.
+"""The one quantized-tensor type, rounding onto a grid, and the parameter-tree transforms
+around it.
 
 A quantized parameter tree is the model's tree with some leaves a `QuantizedTensor` (integer
 values and scales, see `quantize.spec`) or a float16 array. The model itself takes float32 trees
@@ -13,7 +14,7 @@ tree passes through `jax.jit` and `jax.export` as its arrays.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.layers import in_axes
 from model_zoo.transformer import abstract_params
 from model_zoo.tree import flatten, get_path, parse_name, path_name, set_path
-
-if TYPE_CHECKING:
-    from quantize.spec import QuantSpec
+from quantize.spec import QuantSpec, block_of, to_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +49,34 @@ class QuantizedTensor:
 
 jax.tree_util.register_dataclass(QuantizedTensor, data_fields=["values", "scales", "zeros"],
                                  meta_fields=["spec", "shape", "in_axes"])
+
+
+def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
+                    in_axes: int) -> QuantizedTensor:
+    """Round-to-nearest onto `spec`'s grid, scales from each group's range."""
+    matrix = to_matrix(np.asarray(weight, np.float32), in_axes)
+    inputs, outputs = matrix.shape
+    block = block_of(name, spec, inputs)
+    groups = matrix.reshape(inputs // block, block, outputs)
+    if spec.symmetric:
+        scales = np.abs(groups).max(axis=1) / spec.qmax
+        zeros = None
+    else:
+        low = np.minimum(groups.min(axis=1), 0.0)
+        high = np.maximum(groups.max(axis=1), 0.0)
+        scales = (high - low) / (spec.qmax - spec.qmin)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    storage = np.int8 if spec.qmax < 128 else np.uint8
+    if spec.zero_point == "float":
+        zeros = (-low / scales).astype(np.float32)
+    elif not spec.symmetric:
+        zeros = np.clip(np.round(-low / scales), spec.qmin, spec.qmax).astype(storage)
+    shifted = groups / scales[:, None, :]
+    if zeros is not None:
+        shifted = shifted + zeros[:, None, :]
+    values = np.clip(np.round(shifted), spec.qmin, spec.qmax).astype(storage)
+    values = values.reshape(inputs, outputs)
+    return QuantizedTensor(values, scales, zeros, spec, tuple(weight.shape), in_axes)
 
 
 def _is_tensor(leaf: Any) -> bool:

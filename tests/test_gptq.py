@@ -13,8 +13,8 @@ from exporter import export
 from model_zoo.cache import KVCache
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import apply
-from quantize.spec import QuantSpec, quantize_tensor
-from quantize.tensor import dequantize_params
+from quantize.spec import QuantSpec
+from quantize.tensor import dequantize_params, quantize_tensor
 from runtimes.validate import validate_artifact
 
 

@@ -13,8 +13,8 @@ import quantize
 from model_zoo.cache import KVCache
 from model_zoo.transformer import apply
 from model_zoo.tree import flatten, get_path, parse_name, unflatten
-from quantize.spec import QuantSpec, quantize_tensor
-from quantize.tensor import dequantize_params
+from quantize.spec import QuantSpec
+from quantize.tensor import dequantize_params, quantize_tensor
 from tests.quantized_data import HALF_STEP_SLACK
 
 # Dequantization fused into a matmul by XLA: float32 reordering only (relative to max |logit|).
