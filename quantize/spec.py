@@ -18,11 +18,11 @@ import math
 
 import numpy as np
 
+from model_zoo.config import ACTIVATION_QUANT
 from model_zoo.errors import GemmaforgeError
 
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128)
-ACTIVATIONS = (None, "int8-dynamic")
 ZERO_POINTS = ("integer", "float")
 
 
@@ -45,7 +45,7 @@ class QuantSpec:
         if self.block is not None and self.block not in BLOCKS:
             raise GemmaforgeError(f"quantization block must be one of {list(BLOCKS)} or none "
                                   f"(per channel), got {self.block}")
-        if self.activations not in ACTIVATIONS:
+        if self.activations not in ACTIVATION_QUANT:
             raise GemmaforgeError(f"activations must be none or int8-dynamic, got "
                                   f"{self.activations!r}")
         if self.zero_point not in ZERO_POINTS or (self.symmetric and self.zero_point != "integer"):
