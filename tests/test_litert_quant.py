@@ -1,15 +1,20 @@
 """Quantized LiteRT (`exporter.litert_quant`): our integers and scales held by int8 and int4
-models, the grids it refuses rather than re-rounds, and one quantized table with plain ops."""
+models, the grids it refuses rather than re-rounds, one quantized table with plain ops, the plan
+it makes of a recipe's specs, and the int4 scales as it stores them."""
 
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 import model_zoo as mz
 import quantize
 from exporter import export
+from exporter.litert_quant import Plan, check_recipe, stored_scales
 from model_zoo.errors import GemmaforgeError
+from model_zoo.layers import is_matrix
+from model_zoo.tree import flatten, path_name
 from runtimes.validate import validate_artifact
 
 # ai-edge-quantizer recomputes each channel's scale from our dequantized weights: max|q * s| / 127
@@ -159,3 +164,43 @@ def test_litert_plain_ops_keep_one_quantized_table(preset, recipe, tmp_path, tin
     assert sizes[False] < 1.05 * sizes[True]
     report = validate_artifact(tmp_path / "False", ["litert", "litert-lm"], decode_steps=4)
     assert report["passed"], report
+
+
+def _specs(recipe: str) -> dict[str, dict]:
+    config = mz.get_preset("tiny-gemma3")
+    weights = ((path_name(path), np.asarray(leaf))
+               for path, leaf in flatten(mz.init_params(config, 0)))
+    return quantize.specs_of(quantize.apply(weights, recipe))
+
+
+def test_check_recipe_plans_what_litert_stores():
+    specs = _specs("int8")
+    projections = sum(is_matrix(name) for name in specs) - 1  # the table apart
+    assert check_recipe(specs) == Plan("int8", None, False, int8_tensors=projections + 1)
+    assert check_recipe(_specs("int8-dyn")) == Plan("int8", None, True,
+                                                    int8_tensors=projections + 1)
+    assert check_recipe(_specs("int4")) == Plan("int4", 32, True, int8_tensors=1,
+                                                int4_tensors=projections)
+    assert check_recipe(_specs("f32")) == Plan(None)
+    # A checkpoint's own grids (the `source` recipe) are not LiteRT's to hold.
+    assert check_recipe({name: {"source": "Q4_K", "exact": True} for name in specs}) == Plan(None)
+
+
+def test_check_recipe_refuses_a_table_quantized_alone():
+    specs = {name: {"dtype": "float32"} for name in _specs("f32")}
+    specs["embedder.embedding"] = {"bits": 8, "block": None, "symmetric": True}
+    with pytest.raises(GemmaforgeError, match="quantizes the table alone"):
+        check_recipe(specs)
+
+
+def test_stored_scales_are_bfloat16_values_held_in_float16():
+    """XNNPACK reads int4 block scales as bfloat16: each is rounded to bfloat16 (8
+    significant bits, half a spacing at most) and float16 holds the result exactly."""
+    scales = np.random.default_rng(0).uniform(1e-4, 1e-1, (64, 8)).astype(np.float32)
+    stored = stored_scales(scales)
+    assert stored.dtype == np.float16
+    as_bfloat16 = scales.astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(stored.astype(np.float32), as_bfloat16)
+    np.testing.assert_allclose(stored.astype(np.float32), scales, rtol=BFLOAT16_HALF_SPACING,
+                               atol=0)
+    assert not np.array_equal(stored.astype(np.float32), scales)  # rounding did happen

@@ -1,5 +1,6 @@
 """Quantized ONNX (`exporter.onnx_quant`): the quantizer's integers and scales stored in either
-profile's layout, asymmetric, per-channel and float16 weights, and accuracy levels."""
+profile's layout, asymmetric, per-channel and float16 weights, accuracy levels, integer matmuls
+for dynamic int8 activations, and a weights file that does not match refused."""
 
 
 import numpy as np
@@ -8,6 +9,16 @@ import pytest
 import model_zoo as mz
 import quantize
 from exporter import export
+from exporter.onnx_quant import (
+    ACCURACY_LEVELS,
+    QuantizedWeight,
+    integer_activations,
+    session_config,
+    write_weights,
+)
+from model_zoo.checkpoints.native import write_safetensors
+from model_zoo.errors import GemmaforgeError
+from model_zoo.layers import is_matrix
 from runtimes.validate import validate_artifact
 from tests.quantized_data import onnx_initializers
 
@@ -146,3 +157,91 @@ def test_onnx_accuracy_level_4_quantizes_activations(tmp_path, tiny_params):
                             for p in report["runtimes"]["onnxruntime"]["prompts"].values()
                             for key, part in p.items() if key != "prompt_tokens")
     assert errors[0] < 1e-4 < errors[4]
+
+
+DYNAMIC_INT8 = {"bits": 8, "block": None, "symmetric": True, "activations": "int8-dynamic"}
+
+
+def test_integer_activations_needs_every_matrix_int8_dynamic_per_channel():
+    tensors = {"embedder.embedding": DYNAMIC_INT8, "layers.0.attn.q_proj": DYNAMIC_INT8,
+               "final_norm.scale": {"dtype": "float32"}}  # vectors do not count
+    assert integer_activations(tensors)
+    for other in ({"block": 32}, {"activations": None}, {"symmetric": False}, {"bits": 4}):
+        assert not integer_activations(tensors | {"layers.0.attn.q_proj": DYNAMIC_INT8 | other})
+    assert not integer_activations({"final_norm.scale": {"dtype": "float32"}})
+
+
+def test_session_config_keeps_the_fusion_at_the_accuracy_level():
+    for level in ACCURACY_LEVELS:
+        assert session_config(level) == {"session.qdq_matmulnbits_accuracy_level": str(level)}
+
+
+def _written(tmp_path, recipe: str, profile: str, level: int):
+    """(our quantized tensors, write_weights' stored weights) of tiny-gemma3 under `recipe`."""
+    config = mz.get_preset("tiny-gemma3")
+    _, quantized = quantize.quantize_params(mz.init_params(config, 0), recipe)
+    flat = quantize.flatten_params(quantize.to_params(quantized))
+    weights_file = tmp_path / "weights.safetensors"
+    write_safetensors(weights_file, {n: (a.shape, a.dtype) for n, a in flat.items()},
+                      flat.items())
+    stored = write_weights(weights_file, tmp_path / "model.onnx.data", config,
+                           quantize.specs_of(quantized), profile, level)
+    assert set(stored) == set(quantized)
+    for name in quantized:  # vectors stay constants, matrices quantized
+        assert isinstance(stored[name], QuantizedWeight) == is_matrix(name), name
+    return quantized, {name: weight for name, weight in stored.items()
+                       if isinstance(weight, QuantizedWeight)}
+
+
+@pytest.mark.parametrize("profile, level", [("ort", 0), ("ort", 4), ("standard", 0)])
+def test_write_weights_holds_our_int8_values_in_each_layout(profile, level, tmp_path):
+    """ort: MatMulNBits' unsigned q + 128, as two 4-bit halves at level 0 (which has no fast
+    8-bit kernel); standard: DequantizeLinear's int8 [K, N] as ours."""
+    quantized, stored = _written(tmp_path, "int8", profile, level)
+    for name, weight in stored.items():
+        ours = quantized[name].values
+        k, n = ours.shape
+        assert (weight.k, weight.n, weight.bits, weight.accuracy_level) == (k, n, 8, level)
+        if profile == "standard":
+            assert weight.layout == "dq" and weight.high is None
+            np.testing.assert_array_equal(weight.values.load(), ours)
+            continue
+        assert weight.layout == "nbits" and (weight.high is not None) == (level == 0)
+        if level == 0:
+            low = _nibbles(weight.values.load().tobytes(), n * k).astype(np.int16)
+            high = _nibbles(weight.high.load().tobytes(), n * k).astype(np.int16)
+            unsigned = low + 16 * high
+        else:
+            unsigned = weight.values.load().astype(np.int16)
+        np.testing.assert_array_equal(unsigned.reshape(n, k).T - 128, ours)
+
+
+def test_write_weights_makes_int8_dynamic_matmuls_integer(tmp_path):
+    """Every matrix of int8-dyn is MatMulInteger's: uint8 q + 128 [K, N], one scale a
+    channel."""
+    quantized, stored = _written(tmp_path, "int8-dyn", "ort", 0)
+    for name, weight in stored.items():
+        assert weight.layout == "dq" and weight.activations == "int8-dynamic"
+        assert weight.describe().startswith("MatMulInteger")
+        np.testing.assert_array_equal(weight.values.load().astype(np.int16) - 128,
+                                      quantized[name].values)
+        np.testing.assert_array_equal(weight.scales.load(), quantized[name].scales.reshape(-1))
+
+
+def test_write_weights_refuses_a_weights_file_that_does_not_match(tmp_path):
+    config = mz.get_preset("tiny-gemma3")
+    _, quantized = quantize.quantize_params(mz.init_params(config, 0), "int8")
+    flat = quantize.flatten_params(quantize.to_params(quantized))
+    specs, weights_file = quantize.specs_of(quantized), tmp_path / "weights.safetensors"
+
+    def refused(tensors: dict, message: str):
+        write_safetensors(weights_file, {n: (a.shape, a.dtype) for n, a in tensors.items()},
+                          tensors.items())
+        with pytest.raises(GemmaforgeError, match=message):
+            write_weights(weights_file, tmp_path / "data", config, specs, "ort")
+
+    name = "layers.0.mlp.up_proj"
+    refused(flat | {f"{name}.values": flat[f"{name}.values"][:-1]},
+            f"{name}.values has shape")
+    refused({n: a for n, a in flat.items() if n != "final_norm.scale"},
+            "has no tensor final_norm.scale")
