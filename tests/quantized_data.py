@@ -1,6 +1,7 @@
 """What the quantization tests share: the rounding bound, and an ONNX artifact's initializers
-read back."""
+and 4-bit values read back."""
 
+import numpy as np
 
 # Round-to-nearest puts every weight within half a step of its grid point; float32 arithmetic on
 # the scale adds a few ulps.
@@ -23,3 +24,9 @@ def onnx_initializers(out):
             raw = proto.raw_data
         tensors[proto.name] = (proto, raw)
     return tensors, model
+
+
+def nibbles(raw: bytes, count: int) -> np.ndarray:
+    """Unsigned 4-bit values, the low nibble of each byte first (ONNX's packing)."""
+    data = np.frombuffer(raw, np.uint8)
+    return np.stack([data & 0x0F, data >> 4], axis=-1).reshape(-1)[:count]

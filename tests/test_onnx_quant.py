@@ -20,13 +20,7 @@ from model_zoo.checkpoints.native import write_safetensors
 from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import is_matrix
 from runtimes.validate import validate_artifact
-from tests.quantized_data import onnx_initializers
-
-
-def _nibbles(raw: bytes, count: int) -> np.ndarray:
-    """Unsigned 4-bit values, the low nibble of each byte first (ONNX's packing)."""
-    data = np.frombuffer(raw, np.uint8)
-    return np.stack([data & 0x0F, data >> 4], axis=-1).reshape(-1)[:count]
+from tests.quantized_data import nibbles, onnx_initializers
 
 
 def _stored_weight(tensors, name: str, bits: int, k: int, n: int):
@@ -37,10 +31,10 @@ def _stored_weight(tensors, name: str, bits: int, k: int, n: int):
     if f"{name}.nbits" in tensors:  # MatMulNBits: unsigned [N, K/block, blob], zero point 2^(b-1)
         proto, raw = tensors[f"{name}.nbits"]
         if f"{name}.nbits_high" in tensors:  # 8-bit as two 4-bit halves: low + 16 * high
-            high = _nibbles(tensors[f"{name}.nbits_high"][1], n * k).astype(np.int16)
-            unsigned = _nibbles(raw, n * k).astype(np.int16) + 16 * high
+            high = nibbles(tensors[f"{name}.nbits_high"][1], n * k).astype(np.int16)
+            unsigned = nibbles(raw, n * k).astype(np.int16) + 16 * high
         else:
-            unsigned = (_nibbles(raw, n * k) if bits == 4 else np.frombuffer(raw, np.uint8))
+            unsigned = (nibbles(raw, n * k) if bits == 4 else np.frombuffer(raw, np.uint8))
         values = (unsigned.astype(np.int16).reshape(n, k) - 2 ** (bits - 1)).T
         # MatMulNBits reads the scales flattened (an initializer named for its shape),
         # GatherBlockQuantized as [N, K / block]: the same bytes.
@@ -50,7 +44,7 @@ def _stored_weight(tensors, name: str, bits: int, k: int, n: int):
         return values, scales
     proto, raw = tensors[f"{name}.values"]  # DequantizeLinear: [K, N] INT4 / INT8
     if proto.data_type == onnx.TensorProto.INT4:
-        unsigned = _nibbles(raw, k * n).astype(np.int16)
+        unsigned = nibbles(raw, k * n).astype(np.int16)
         values = np.where(unsigned > 7, unsigned - 16, unsigned).reshape(k, n)
     else:
         values = np.frombuffer(raw, np.int8).reshape(k, n)
@@ -208,8 +202,8 @@ def test_write_weights_holds_our_int8_values_in_each_layout(profile, level, tmp_
             continue
         assert weight.layout == "nbits" and (weight.high is not None) == (level == 0)
         if level == 0:
-            low = _nibbles(weight.values.load().tobytes(), n * k).astype(np.int16)
-            high = _nibbles(weight.high.load().tobytes(), n * k).astype(np.int16)
+            low = nibbles(weight.values.load().tobytes(), n * k).astype(np.int16)
+            high = nibbles(weight.high.load().tobytes(), n * k).astype(np.int16)
             unsigned = low + 16 * high
         else:
             unsigned = weight.values.load().astype(np.int16)

@@ -194,7 +194,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
     from runtimes.validate import validate_artifact
-    from tests.test_quantize import _onnx_initializers
+    from tests.quantized_data import onnx_initializers
     from tests.test_source import ZERO_POINT_ULPS, _onnx_weight
 
     out = tmp_path_factory.mktemp("export") / "gemma3-270m-source"
@@ -203,7 +203,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     assert all(spec["exact"] for spec in tensors.values())
     assert {spec["source"] for spec in tensors.values()} == {"F32", "Q8_0", "Q5_0", "Q4_K",
                                                              "Q6_K"}
-    stored, _ = _onnx_initializers(out)
+    stored, _ = onnx_initializers(out)
     for path, value in flatten(model.params):
         name = path_name(path)
         if "bits" not in tensors[name]:
