@@ -54,9 +54,8 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m",
 
     from model_zoo.cache import KVCache
     from model_zoo.loading import load
-    from model_zoo.quantized import dequantize_once
     from model_zoo.transformer import apply
-    from quantize import get_recipe, model_config, quantize_params
+    from quantize import dequantize_once, get_recipe, model_config, quantize_params
 
     model = load(preset)
     config = model.config
@@ -72,7 +71,7 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m",
         qparams, quantized = quantize_params(model.params, recipe, config=config,
                                              tokenizer=model.tokenizer)
         quantize_seconds[label] = time.perf_counter() - start
-        variants[label] = dequantize_once(config, qparams)
+        variants[label] = dequantize_once(qparams)
         configs[label] = model_config(config, recipe)  # int8-dyn rounds activations
         sizes[label] = packed_bytes(quantized)
         del qparams, quantized

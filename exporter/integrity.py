@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from model_zoo.checkpoints.default import sha256_of
-from model_zoo.checkpoints.untrusted import regular_size
 from model_zoo.config import MAX_CONTEXT
 from model_zoo.errors import GemmaforgeError
+from model_zoo.untrusted import regular_size
 
 MANIFEST = "manifest.json"
 REPORT_DIR = "report"

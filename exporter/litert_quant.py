@@ -54,7 +54,7 @@ import ml_dtypes
 import numpy as np
 
 from model_zoo.errors import GemmaforgeError
-from model_zoo.layers import LM_HEAD_EQUATION
+from model_zoo.layers import LM_HEAD_EQUATION, is_matrix
 from model_zoo.transformer import EMBEDDING as TABLE
 
 FLOAT_HOLDER = {"scheme": "float32: LiteRT's int8 per channel holds none of the checkpoint's "
@@ -112,8 +112,6 @@ def _scheme(name: str, spec: dict) -> tuple[str, int | None, bool] | None:
 def check_recipe(tensors: dict[str, dict]) -> Plan:
     """The LiteRT plan for the manifest's per-tensor specs; a clear error for any tensor it
     cannot hold, or projections that do not all take one scheme."""
-    from model_zoo.quantized import is_matrix
-
     schemes = {name: _scheme(name, spec) for name, spec in tensors.items()
                if is_matrix(name)}  # vectors stay float32
     table = schemes.pop(TABLE, None)

@@ -53,8 +53,7 @@ from exporter.onnx_graph import MS_DOMAIN, Const, Ops, Value
 from model_zoo.checkpoints.native import read_tensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.layers import INT8_MAX
-from model_zoo.quantized import in_axes, is_matrix
+from model_zoo.layers import INT8_MAX, in_axes, is_matrix
 from quantize.spec import pack4
 
 ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations

@@ -39,7 +39,6 @@ from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
 from model_zoo.lowering import Composites
-from model_zoo.quantized import flatten_params
 from model_zoo.spm import GemmaTokenizer, sentencepiece_twin
 
 Writer = Callable[[ExportPlan, StoredWeights, Path, ExportRequest], FormatResult]
@@ -123,7 +122,7 @@ def write_weights(model: LoadedModel, request: ExportRequest, root: Path) -> Sto
         write_safetensors(path, weight_specs(model.config), model.weights())
         return StoredWeights(path)
     quantized, tensors = _quantize(model, request)
-    flat = flatten_params(quantize.to_params(quantized))
+    flat = quantize.flatten_params(quantize.to_params(quantized))
     write_safetensors(path, {n: (a.shape, a.dtype) for n, a in flat.items()}, flat.items())
     return StoredWeights(path, {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in flat.items()},
                          quantized, Quantization(request.recipe.name, tensors))

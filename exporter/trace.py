@@ -31,9 +31,9 @@ from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
 from model_zoo.lowering import Composites, Logits, Lowering
-from model_zoo.quantized import nest_params
 from model_zoo.transformer import Params, abstract_params, apply
 from model_zoo.tree import flatten, path_name
+from quantize.tensor import dequantize_params, nest_params
 
 DEFAULT_BUCKETS = (32, 128, 512)
 SYMBOLIC_PREFILL = "prefill"
@@ -49,9 +49,9 @@ def flat_weights(params: Params) -> dict[str, jax.Array]:
     return {path_name(path): leaf for path, leaf in flatten(params)}
 
 
-def nested_weights(weights: dict[str, jax.Array]) -> Params:
-    """Dotted names -> the parameter tree (quantized tensors as `QArray`s)."""
-    return nest_params(weights)
+def nested_weights(config: ModelConfig, weights: dict[str, jax.Array]) -> Params:
+    """Dotted names -> the parameter tree (quantized tensors as `quantize.QuantizedTensor`s)."""
+    return nest_params(config, weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +155,9 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, lowering: Lowe
                     v=tuple(kv_cache[f"kv_cache_v_{i}"] for i in range(config.num_layers)))
     last = (jnp.full((1,), tokens.shape[1] - 1, jnp.int32)
             if lowering.logits is Logits.AT_INDEX else None)
+    # A quantized tree is dequantized here, inside the trace: the exported program holds the
+    # integer values and scales and computes the float weights itself.
+    params = dequantize_params(params)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, lowering,
                           logits_index=last)
     updated = {}
@@ -186,8 +189,8 @@ def entry_function(config: ModelConfig, entry: EntryPoint, lowering: Lowering, *
     lowering = entry_lowering(entry, lowering)
     if params is None:
         def with_weights(weights, tokens, input_pos, kv_cache):
-            return _step(config, nested_weights(weights), entry, lowering, tokens, input_pos,
-                         kv_cache)
+            return _step(config, nested_weights(config, weights), entry, lowering, tokens,
+                         input_pos, kv_cache)
         return with_weights
 
     def with_constants(tokens, input_pos, kv_cache):

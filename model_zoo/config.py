@@ -58,6 +58,8 @@ class LayerSpec:
     rope_scale: float  # positions are divided by this before the rotation
 
 
+# How activations may be rounded: None (float) or dynamic int8 per token. One definition for
+# ModelConfig.activation_quant and for the recipes' specs (quantize.spec.QuantSpec.activations).
 ACTIVATION_QUANT = (None, "int8-dynamic")
 
 # Bounds on the sizes a config read from a file may give, far above the largest real Gemma

@@ -8,17 +8,17 @@ Every parameter carries `logical_axes` metadata, which `model_zoo.sharding` maps
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from model_zoo import composites, masks
 from model_zoo.config import LayerSpec, ModelConfig
+from model_zoo.errors import GemmaforgeError
 from model_zoo.lowering import Head, Lowering
-from model_zoo.quantized import IN_AXES
 
 # Random init of norm scales: Gemma initialises them at 0 (a multiplier of exactly 1), which
 # would let a norm that ignores its weight, or forgets the +1, pass every random-weight test.
@@ -85,10 +85,37 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float, *,
     return composites.rope(x, positions, base=base, scale=scale, fused=fused)
 
 
-# Calibration (`quantize.gptq.projection_inputs`) sets this to a list and runs the model eagerly:
-# every projection then appends (its parameter's role, its input as [tokens, in_features]), in
-# the order the layers run. None (always, outside calibration) records nothing.
-PROJECTION_INPUTS: list | None = None
+# How many of a weight's axes are the matmul's input features: leading axes (> 0) for the
+# projections (x @ W), trailing (< 0) for the table, whose rows are the LM head's outputs.
+IN_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "up_proj": 1,
+           "down_proj": 1, "embedding": -1}
+
+
+def is_matrix(name: str) -> bool:
+    """Whether the parameter `name` (dotted) is a matrix the model multiplies by (a projection
+    or the table), by its role (the last part)."""
+    return name.rsplit(".", 1)[-1] in IN_AXES
+
+
+def in_axes(name: str) -> int:
+    """IN_AXES of the parameter `name` (dotted), by its role (the last part)."""
+    if not is_matrix(name):
+        raise GemmaforgeError(f"{name} is not a matrix gemmaforge knows how to quantize")
+    return IN_AXES[name.rsplit(".", 1)[-1]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """What every projection hands its weight: its input, as it is. A caller that needs to see
+    the inputs (calibration, `quantize.gptq`) builds the model with a subclass and reads what
+    that one recorded: the model itself keeps nothing."""
+
+    def __call__(self, role: str, x: jax.Array) -> jax.Array:
+        """The input `x` of projection `role` (q_proj, ..., down_proj)."""
+        return x
+
+
+AS_IS = Projection()
 
 
 INT8_MAX = 127
@@ -108,20 +135,19 @@ def round_activations(x: jax.Array, axes: int, mode: str | None) -> jax.Array:
     return jnp.clip(jnp.round(x / scale), -INT8_MAX, INT8_MAX) * scale
 
 
-def project(role: str, equation: str, x: jax.Array, weight: jax.Array,
-            activations: str | None = None) -> jax.Array:
-    """jnp.einsum(equation, x, weight) for the projection `role` (q_proj, ..., down_proj),
-    its input rounded first as `activations` says (`round_activations`)."""
-    if PROJECTION_INPUTS is not None:
-        inputs = math.prod(weight.shape[:IN_AXES[role]])
-        PROJECTION_INPUTS.append((role, np.asarray(x, np.float32).reshape(-1, inputs)))
-    return jnp.einsum(equation, round_activations(x, IN_AXES[role], activations), weight)
+def project(module: nnx.Module, role: str, equation: str, x: jax.Array) -> jax.Array:
+    """jnp.einsum(equation, x, W) for the projection `role` (q_proj, ..., down_proj) of `module`
+    (W its parameter of that name), the input as the module's `projection` hands it, rounded
+    first as its `activations` say (`round_activations`)."""
+    x = round_activations(module.projection(role, x), IN_AXES[role], module.activations)
+    return jnp.einsum(equation, x, getattr(module, role)[...])
 
 
 class Attention(nnx.Module):
     """Multi-query / multi-head / grouped-query attention over an explicit cache."""
 
-    def __init__(self, config: ModelConfig, spec: LayerSpec, *, key: jax.Array):
+    def __init__(self, config: ModelConfig, spec: LayerSpec, *, key: jax.Array,
+                 projection: Projection = AS_IS):
         d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
         fan_in = 1.0 / math.sqrt(d)
         self.q_proj = _param(key, 0, (d, n, h), fan_in, ("embed", "heads", "head_dim"))
@@ -135,6 +161,7 @@ class Attention(nnx.Module):
         self.spec = spec
         self.scale = config.query_scale
         self.logit_cap = config.attn_logit_softcap
+        self.projection = projection
         self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
@@ -148,7 +175,7 @@ class Attention(nnx.Module):
         Returns:
           ([B, T, D], the updated (k, v)).
         """
-        q = project("q_proj", "BTD,DNH->BTNH", x, self.q_proj[...], self.activations)
+        q = project(self, "q_proj", "BTD,DNH->BTNH", x)
         if self.q_norm is not None:
             q = self.q_norm(q, fused=lowering.core)
         q = apply_rope(q, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -159,7 +186,7 @@ class Attention(nnx.Module):
         attended = composites.scaled_dot_product_attention(
             q, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3), mask,
             scale=self.scale, logit_cap=self.logit_cap, fused=lowering.core)
-        out = project("o_proj", "BTNH,NHD->BTD", attended, self.o_proj[...], self.activations)
+        out = project(self, "o_proj", "BTNH,NHD->BTD", attended)
         return out, (k_cache, v_cache)
 
     def write_cache(self, x: jax.Array, positions: jax.Array,
@@ -174,8 +201,8 @@ class Attention(nnx.Module):
         Returns:
           the updated (k, v).
         """
-        k = project("k_proj", "BTD,DKH->BTKH", x, self.k_proj[...], self.activations)
-        v = project("v_proj", "BTD,DKH->BTKH", x, self.v_proj[...], self.activations)
+        k = project(self, "k_proj", "BTD,DKH->BTKH", x)
+        v = project(self, "v_proj", "BTD,DKH->BTKH", x)
         if self.k_norm is not None:
             k = self.k_norm(k, fused=lowering.core)
         k = apply_rope(k, positions, self.spec.rope_base, self.spec.rope_scale,
@@ -190,17 +217,16 @@ class Attention(nnx.Module):
 class FeedForward(nnx.Module):
     """GeGLU: gelu_tanh(x W_gate) * (x W_up), projected back by W_down."""
 
-    def __init__(self, config: ModelConfig, *, key: jax.Array):
+    def __init__(self, config: ModelConfig, *, key: jax.Array, projection: Projection = AS_IS):
         d, f = config.embed_dim, config.hidden_dim
         self.gate_proj = _param(key, 0, (d, f), 1.0 / math.sqrt(d), ("embed", "mlp"))
         self.up_proj = _param(key, 1, (d, f), 1.0 / math.sqrt(d), ("embed", "mlp"))
         self.down_proj = _param(key, 2, (f, d), 1.0 / math.sqrt(f), ("mlp", "embed"))
+        self.projection = projection
         self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, D]."""
-        gate = jax.nn.gelu(project("gate_proj", "BTD,DF->BTF", x, self.gate_proj[...],
-                                   self.activations), approximate=True)
-        up = project("up_proj", "BTD,DF->BTF", x, self.up_proj[...], self.activations)
-        return project("down_proj", "BTF,FD->BTD", gate * up, self.down_proj[...],
-                       self.activations)
+        gate = jax.nn.gelu(project(self, "gate_proj", "BTD,DF->BTF", x), approximate=True)
+        up = project(self, "up_proj", "BTD,DF->BTF", x)
+        return project(self, "down_proj", "BTF,FD->BTD", gate * up)

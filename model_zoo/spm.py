@@ -16,9 +16,9 @@ import numpy as np
 import sentencepiece
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-from model_zoo.checkpoints.untrusted import one_line, read_small
 from model_zoo.errors import GemmaforgeError
 from model_zoo.tokenizer import END_OF_TURN, ByteTokenizer
+from model_zoo.untrusted import one_line, read_small
 
 # Gemma 3's 262144-piece tokenizer.model is 4.5 MiB.
 MAX_TOKENIZER_BYTES = 64 << 20

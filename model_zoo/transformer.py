@@ -23,9 +23,8 @@ from model_zoo import composites
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.layers import Attention, Embedder, FeedForward, RMSNorm
+from model_zoo.layers import AS_IS, Attention, Embedder, FeedForward, Projection, RMSNorm
 from model_zoo.lowering import FUSED, Logits, Lowering
-from model_zoo.quantized import dequantize_params, is_quantized
 from model_zoo.tree import get_path, path_name, set_path
 
 Params = dict[str, Any]
@@ -35,15 +34,16 @@ EMBEDDING = "embedder.embedding"  # the tied table's dotted name: token lookup a
 class Block(nnx.Module):
     """One decoder layer: attention and GeGLU, each inside pre (and for Gemma 2/3 post) norms."""
 
-    def __init__(self, config: ModelConfig, index: int, *, key: jax.Array):
+    def __init__(self, config: ModelConfig, index: int, *, key: jax.Array,
+                 projection: Projection = AS_IS):
         d = config.embed_dim
         keys = jax.random.split(key, 6)
         self.pre_attn_norm = RMSNorm(d, config, key=keys[0])
-        self.attn = Attention(config, config.layer(index), key=keys[1])
+        self.attn = Attention(config, config.layer(index), key=keys[1], projection=projection)
         self.post_attn_norm = (RMSNorm(d, config, key=keys[2]) if config.use_post_attn_norm
                                else None)
         self.pre_ffw_norm = RMSNorm(d, config, key=keys[3])
-        self.mlp = FeedForward(config, key=keys[4])
+        self.mlp = FeedForward(config, key=keys[4], projection=projection)
         self.post_ffw_norm = RMSNorm(d, config, key=keys[5]) if config.use_post_ffw_norm else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
@@ -69,12 +69,14 @@ class Block(nnx.Module):
 
 
 class Gemma(nnx.Module):
-    """Embedding, `num_layers` blocks, final norm, tied LM head with optional soft-cap."""
+    """Embedding, `num_layers` blocks, final norm, tied LM head with optional soft-cap;
+    `projection` (`layers.Projection`) hands each projection its input."""
 
-    def __init__(self, config: ModelConfig, *, key: jax.Array):
+    def __init__(self, config: ModelConfig, *, key: jax.Array, projection: Projection = AS_IS):
         self.config = config
         self.embedder = Embedder(config, key=jax.random.fold_in(key, 0))
-        self.layers = nnx.List([Block(config, i, key=jax.random.fold_in(key, 1 + i))
+        self.layers = nnx.List([Block(config, i, key=jax.random.fold_in(key, 1 + i),
+                                      projection=projection)
                                 for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.embed_dim, config,
                                   key=jax.random.fold_in(key, 1 + config.num_layers))
@@ -160,10 +162,8 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
           cache: KVCache, lowering: Lowering = FUSED, *,
           logits_index: jax.Array | None = None) -> tuple[jax.Array | None, KVCache]:
-    """`Gemma.__call__` as a pure function of the parameters. See there for shapes. Quantized
-    parameters (`model_zoo.quantized`) are dequantized here, inside the trace."""
-    if is_quantized(params):
-        params = dequantize_params(config, params)
+    """`Gemma.__call__` as a pure function of the float parameters. See there for shapes. (A
+    quantized tree is dequantized first by its caller: `quantize.dequantize_params`.)"""
     model = nnx.merge(graphdef(config), params)
     return model(tokens, positions, cache, lowering, logits_index=logits_index)
 

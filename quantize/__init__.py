@@ -14,16 +14,26 @@ import numpy as np
 
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import QArray, in_axes
+from model_zoo.layers import in_axes
 from model_zoo.transformer import Params
 from model_zoo.tree import flatten, parse_name, path_name, set_path
 from quantize.recipes import RECIPES, SOURCE, Recipe, get_recipe, load_recipe_file
 from quantize.source import SourceTensor
-from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantizedTensor, QuantSpec, quantize_tensor
+from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
+from quantize.tensor import (
+    QuantizedTensor,
+    dequantize_once,
+    dequantize_params,
+    flatten_params,
+    is_quantized,
+    nest_params,
+    quantize_tensor,
+)
 
 __all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "activation_quant",
-           "apply", "calibrate", "dequantize", "get_recipe", "load_recipe_file", "model_config",
-           "quantize_params", "read_sources", "specs_of", "to_params"]
+           "apply", "calibrate", "dequantize", "dequantize_once", "dequantize_params",
+           "flatten_params", "get_recipe", "is_quantized", "load_recipe_file", "model_config",
+           "nest_params", "quantize_params", "read_sources", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
 # The sample is ~700 tokens of Gemma's tokenizer; a byte tokenizer (test models) makes ~3,000.
@@ -125,12 +135,11 @@ def specs_of(quantized: dict[str, Quantized],
 
 
 def to_params(quantized: dict[str, Quantized]) -> Params:
-    """The model's parameter tree: a `QArray` for each quantized tensor, float16 / float32 arrays
-    for the rest. `model_zoo.transformer.apply` runs it, dequantizing inside the trace."""
+    """The quantized parameter tree: each QuantizedTensor, float16 / float32 array at its
+    parameter's place. `dequantize_params` makes the float tree the model runs (inside the
+    trace, when traced)."""
     tree: Params = {}
     for name, value in quantized.items():
-        if isinstance(value, QuantizedTensor):
-            value = QArray(value.values, value.scales, value.zeros)
         set_path(tree, parse_name(name), value)
     return tree
 

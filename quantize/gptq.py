@@ -9,44 +9,61 @@ spec's own (symmetric, scale = max |w| / qmax per block and output): every forma
 result exactly as it stores round-to-nearest values.
 
 Calibration inputs come from the float32 model on a committed sample
-(`quantize/calibration.py`), each projection's input recorded through
-`model_zoo.layers.PROJECTION_INPUTS` in one eager forward.
+(`quantize/calibration.py`), each projection's input captured by a `Recorder` the model is built
+with for one eager forward.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+import math
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model_zoo.cache import KVCache
 from model_zoo.errors import GemmaforgeError
+from model_zoo.layers import IN_AXES, Projection
+from model_zoo.lowering import PLAIN
+from model_zoo.transformer import Gemma
+from quantize.tensor import dequantize_params
 
 DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible on few tokens
 LAZY_ROWS = 128  # rows updated together before the rest of W is (a multiple of blocks <= 128)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Recorder(Projection):
+    """Hands each projection its input unchanged and keeps (role, input as float32
+    [tokens, in_features]) in the order the layers run: the capture of one eager forward."""
+
+    inputs: list = dataclasses.field(default_factory=list)
+
+    def __call__(self, role: str, x: jax.Array) -> jax.Array:
+        features = math.prod(x.shape[x.ndim - IN_AXES[role]:])
+        self.inputs.append((role, np.asarray(x, np.float32).reshape(-1, features)))
+        return x
+
+
+def projection_inputs(config, params, ids: list[int]) -> list[tuple[str, np.ndarray]]:
+    """(role, input [tokens, in_features]) of every projection, layer by layer: the model
+    under `config`, built with a `Recorder`, run once, eagerly, over `ids`."""
+    recorder = Recorder()
+    model = nnx.eval_shape(lambda: Gemma(config, key=jax.random.key(0), projection=recorder))
+    model = nnx.merge(nnx.graphdef(model), dequantize_params(params))
+    model(jnp.asarray([ids], jnp.int32), jnp.arange(len(ids), dtype=jnp.int32)[None],
+          KVCache.create(config, 1, len(ids)), PLAIN)
+    return recorder.inputs
+
+
 def hessians(config, params, ids: list[int]) -> dict[str, np.ndarray]:
-    """Dotted parameter name -> H = X^T X (float64 [in, in]) of its calibration inputs: the
-    float32 model run once, eagerly, over `ids`."""
-    import jax.numpy as jnp
-
-    from model_zoo import layers
-    from model_zoo.cache import KVCache
-    from model_zoo.lowering import PLAIN
-    from model_zoo.quantized import dequantize_params, is_quantized
-    from model_zoo.transformer import apply
-
-    if is_quantized(params):
-        params = dequantize_params(config, params)
-    recorded: list = []
-    layers.PROJECTION_INPUTS = recorded
-    try:
-        apply(config, params, jnp.asarray([ids], jnp.int32),
-              jnp.arange(len(ids), dtype=jnp.int32)[None], KVCache.create(config, 1, len(ids)),
-              PLAIN)
-    finally:
-        layers.PROJECTION_INPUTS = None
+    """Dotted parameter name -> H = X^T X (float64 [in, in]) of its calibration inputs
+    (`projection_inputs`)."""
     seen: dict[str, int] = {}
     out = {}
-    for role, x in recorded:
+    for role, x in projection_inputs(config, params, ids):
         layer = seen.get(role, 0)
         seen[role] = layer + 1
         section = "attn" if role in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"

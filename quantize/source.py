@@ -34,8 +34,14 @@ import os
 import gguf
 import numpy as np
 
+from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
 from model_zoo.errors import GemmaforgeError
-from quantize.spec import QuantizedTensor, QuantSpec
+from model_zoo.layers import in_axes
+from model_zoo.transformer import abstract_params
+from model_zoo.tree import get_path, parse_name
+from model_zoo.untrusted import reading
+from quantize.spec import QuantSpec
+from quantize.tensor import QuantizedTensor
 
 T = gguf.GGMLQuantizationType
 
@@ -219,6 +225,14 @@ def read_sources(checkpoint: str | os.PathLike | None, config, recipe_name: str)
                 else f"{checkpoint} is a float checkpoint")
         raise GemmaforgeError(f"recipe {recipe_name} keeps a quantized checkpoint's own grids, "
                               f"but {what}; use one of {others}, or load a quantized GGUF")
-    from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
-
-    return dict(GGUFCheckpoint(checkpoint).source_tensors(config))
+    shapes = abstract_params(config)
+    out = {}
+    # A damaged file's blocks fail in the decoding: said as the reader says its own failures.
+    with reading(checkpoint, "a GGUF"):
+        for name, stored in GGUFCheckpoint(checkpoint).stored_tensors(config):
+            if stored.raw is None:  # vectors (norm scales) stay float32
+                out[name] = SourceTensor(stored.value, stored.qtype.name)
+                continue
+            out[name] = source_tensor(stored.raw, stored.qtype, stored.shape, in_axes(name),
+                                      get_path(shapes, parse_name(name)).shape, stored.to_ours)
+    return out

@@ -1,4 +1,5 @@
-"""How one weight is quantized (QuantSpec), and the integer values and scales that result.
+"""How one weight is quantized (QuantSpec): the grids its integer values and scales
+(`quantize.tensor`) lie on.
 
 A weight is seen as a matrix [in, out]: `in` the axes a matmul contracts (the input features),
 `out` the rest (the output channels). Scales run along `out`, one per channel (`block=None`) or
@@ -17,12 +18,11 @@ import math
 
 import numpy as np
 
+from model_zoo.config import ACTIVATION_QUANT
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import QArray, dequantize
 
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128)
-ACTIVATIONS = (None, "int8-dynamic")
 ZERO_POINTS = ("integer", "float")
 
 
@@ -45,7 +45,7 @@ class QuantSpec:
         if self.block is not None and self.block not in BLOCKS:
             raise GemmaforgeError(f"quantization block must be one of {list(BLOCKS)} or none "
                                   f"(per channel), got {self.block}")
-        if self.activations not in ACTIVATIONS:
+        if self.activations not in ACTIVATION_QUANT:
             raise GemmaforgeError(f"activations must be none or int8-dynamic, got "
                                   f"{self.activations!r}")
         if self.zero_point not in ZERO_POINTS or (self.symmetric and self.zero_point != "integer"):
@@ -86,25 +86,6 @@ FLOAT32 = FloatSpec("float32")
 FLOAT16 = FloatSpec("float16")
 
 
-@dataclasses.dataclass(frozen=True)
-class QuantizedTensor:
-    """values int8 [in, out]; scales float32 [in / block (1 per channel), out]; zeros of the
-    scales' shape for asymmetric grids (int8 / uint8, float32 for float zero points); `shape`
-    and `in_axes` restore the weight's own layout."""
-
-    values: np.ndarray
-    scales: np.ndarray
-    zeros: np.ndarray | None
-    spec: QuantSpec
-    shape: tuple[int, ...]
-    in_axes: int  # the weight's leading (in_axes > 0) or trailing (< 0) axes form `in`
-
-    def dequantize(self) -> np.ndarray:
-        """float32 in the weight's own shape: the model's own dequantization."""
-        q = QArray(self.values, self.scales, self.zeros)
-        return np.asarray(dequantize(q, self.shape, self.in_axes))
-
-
 def to_matrix(weight: np.ndarray, in_axes: int) -> np.ndarray:
     """The weight as [in, out]: its first `in_axes` axes (or last `-in_axes`) are `in`."""
     if in_axes > 0:
@@ -121,34 +102,6 @@ def block_of(name: str, spec: QuantSpec, inputs: int) -> int:
         raise GemmaforgeError(f"block {spec.block} does not divide {name}'s {inputs} input "
                               f"features; use a block that divides {inputs} or per-channel")
     return block
-
-
-def quantize_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
-                    in_axes: int) -> QuantizedTensor:
-    """Round-to-nearest onto `spec`'s grid, scales from each group's range."""
-    matrix = to_matrix(np.asarray(weight, np.float32), in_axes)
-    inputs, outputs = matrix.shape
-    block = block_of(name, spec, inputs)
-    groups = matrix.reshape(inputs // block, block, outputs)
-    if spec.symmetric:
-        scales = np.abs(groups).max(axis=1) / spec.qmax
-        zeros = None
-    else:
-        low = np.minimum(groups.min(axis=1), 0.0)
-        high = np.maximum(groups.max(axis=1), 0.0)
-        scales = (high - low) / (spec.qmax - spec.qmin)
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    storage = np.int8 if spec.qmax < 128 else np.uint8
-    if spec.zero_point == "float":
-        zeros = (-low / scales).astype(np.float32)
-    elif not spec.symmetric:
-        zeros = np.clip(np.round(-low / scales), spec.qmin, spec.qmax).astype(storage)
-    shifted = groups / scales[:, None, :]
-    if zeros is not None:
-        shifted = shifted + zeros[:, None, :]
-    values = np.clip(np.round(shifted), spec.qmin, spec.qmax).astype(storage)
-    values = values.reshape(inputs, outputs)
-    return QuantizedTensor(values, scales, zeros, spec, tuple(weight.shape), in_axes)
 
 
 def pack4(values: np.ndarray) -> np.ndarray:

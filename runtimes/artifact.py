@@ -13,10 +13,10 @@ from model_zoo.checkpoints.native import native_tensor_map, read_tensors
 from model_zoo.checkpoints.safetensors_reader import read_safetensors
 from model_zoo.config import ModelConfig, config_from_dict
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import flatten_params, nest_params
 from model_zoo.spm import GemmaTokenizer
 from model_zoo.tokenizer import Tokenizer
 from model_zoo.transformer import Params
+from quantize.tensor import flatten_params, nest_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +95,10 @@ class Artifact:
 
     def weights(self, shardings: Params | None = None) -> Params:
         """The parameters the model was exported from: float32, or the quantized tree (integer
-        values and scales as `QArray`s) that its programs dequantize."""
+        values and scales as `quantize.QuantizedTensor`s) that its programs dequantize."""
         path = self.file(WEIGHTS)
         if self.quantized:
-            return nest_params(read_tensors(path))
+            return nest_params(self.config, read_tensors(path))
         return read_safetensors([path], self.config, str(path), shardings,
                                 table=native_tensor_map(self.config))
 

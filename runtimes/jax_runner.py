@@ -10,9 +10,9 @@ from model_zoo import inference
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.lowering import Composites
-from model_zoo.quantized import dequantize_once, is_quantized
 from model_zoo.sharding import replicated_like
 from model_zoo.transformer import Params
+from quantize.tensor import dequantize_once, is_quantized
 from runtimes.base import check_decode, checked_prompt
 
 
@@ -24,7 +24,7 @@ class JaxRunner:
     def __init__(self, config: ModelConfig, params: Params, *, max_len: int,
                  composites: Composites = Composites.CORE):
         self.config = config
-        self.params = dequantize_once(config, params) if is_quantized(params) else params
+        self.params = dequantize_once(params) if is_quantized(params) else params
         self.max_len = max_len
         self.vocab_size = config.vocab_size
         self.composites = composites

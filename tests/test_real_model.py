@@ -189,13 +189,13 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     dequantization (the float32 model), and the artifact reproduces the float32 references'
     logits and greedy continuations with weight-only execution (accuracy level 0)."""
     from exporter import export
-    from model_zoo.quantized import IN_AXES
+    from model_zoo.layers import IN_AXES
     from model_zoo.tree import flatten, path_name
     from quantize.spec import to_matrix
     from runtimes.artifact import open_artifact
     from runtimes.registry import make_runner
     from runtimes.validation import validate_artifact
-    from tests.test_quantize import _onnx_initializers
+    from tests.quantized_data import onnx_initializers
     from tests.test_source import ZERO_POINT_ULPS, _onnx_weight
 
     out = tmp_path_factory.mktemp("export") / "gemma3-270m-source"
@@ -204,7 +204,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     assert all(spec["exact"] for spec in tensors.values())
     assert {spec["source"] for spec in tensors.values()} == {"F32", "Q8_0", "Q5_0", "Q4_K",
                                                              "Q6_K"}
-    stored, _ = _onnx_initializers(out)
+    stored, _ = onnx_initializers(out)
     for path, value in flatten(model.params):
         name = path_name(path)
         if "bits" not in tensors[name]:

@@ -15,7 +15,7 @@ from exporter import export
 from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
 from model_zoo.checkpoints.native import read_tensors
 from model_zoo.errors import GemmaforgeError
-from model_zoo.quantized import IN_AXES
+from model_zoo.layers import IN_AXES
 from model_zoo.tree import flatten, path_name
 from quantize.source import decode, source_tensor
 from quantize.spec import to_matrix
@@ -116,7 +116,7 @@ def test_source_keeps_every_tensor_on_its_grid(kq_gguf):
 
 def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
     """The float32 [K, N] one stored ONNX weight dequantizes to, from its raw bytes."""
-    from tests.test_quantize import _nibbles
+    from tests.quantized_data import nibbles
 
     def raw(key):
         return next(data for stored, (_, data) in tensors.items()
@@ -129,7 +129,7 @@ def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
         proto, data = tensors[prefix]
         groups, blob = proto.dims[1], proto.dims[2]
         bits = 4 if blob * 2 == k // groups else 8
-        q = _nibbles(data, n * k) if bits == 4 else np.frombuffer(data, np.uint8)
+        q = nibbles(data, n * k) if bits == 4 else np.frombuffer(data, np.uint8)
         q = q.astype(np.float32).reshape(n, groups, -1)
         scales = np.frombuffer(raw(f"{prefix}_scales"), np.float32).reshape(n, groups)
         zeros = np.full((n, groups), 2.0 ** (bits - 1), np.float32)
@@ -143,7 +143,7 @@ def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
         weight = nbits(f"{name}.nbits")
         if f"{name}.nbits_high" in tensors:  # 8-bit as two 4-bit halves, the high one x16
             proto, data = tensors[f"{name}.nbits_high"]
-            high = _nibbles(data, n * k).astype(np.float32).reshape(n, proto.dims[1], -1) - 8
+            high = nibbles(data, n * k).astype(np.float32).reshape(n, proto.dims[1], -1) - 8
             scales = np.frombuffer(raw(f"{name}.nbits_scales"), np.float32).reshape(n, -1)
             weight = weight + 16 * (high * scales[..., None]).reshape(n, k)
         if has(f"{name}.nbits_offsets"):  # minus scale * zero, per block of inputs
@@ -154,7 +154,7 @@ def _onnx_weight(tensors: dict, name: str, k: int, n: int) -> np.ndarray:
 
     proto, data = tensors[f"{name}.values"]
     if proto.data_type == onnx.TensorProto.INT4:
-        q = _nibbles(data, k * n).astype(np.float32)
+        q = nibbles(data, k * n).astype(np.float32)
         q = np.where(q > 7, q - 16, q)
     else:
         q = np.frombuffer(data, {onnx.TensorProto.INT8: np.int8,
@@ -188,7 +188,7 @@ def _tflite_float_buffers(path) -> set[bytes]:
 
 @pytest.mark.parametrize("profile", ["ort", "standard"])
 def test_every_format_stores_the_files_grids_and_matches_float32(profile, kq_gguf, tmp_path):
-    from tests.test_quantize import _onnx_initializers
+    from tests.quantized_data import onnx_initializers
 
     path, params = kq_gguf
     out = tmp_path / "source"
@@ -203,7 +203,7 @@ def test_every_format_stores_the_files_grids_and_matches_float32(profile, kq_ggu
 
     # Read back every stored weight, dequantize it, compare with the GGUF's dequantization.
     stored = read_tensors(out / "weights.safetensors")
-    onnx_tensors, onnx_model = _onnx_initializers(out)
+    onnx_tensors, onnx_model = onnx_initializers(out)
     for name, spec in tensors_spec.items():
         reference = floats[name]
         matrix = to_matrix(reference, IN_AXES[name.rsplit(".", 1)[-1]]) if "bits" in spec \

@@ -1,5 +1,6 @@
 """StableHLO artifacts: the manifest, every entry point against the trace, the stablehlo and
-iree runtimes against the JAX reference, multi-platform and sharded exports, atomic writes."""
+iree runtimes against the JAX reference, multi-platform and sharded exports, atomic writes, and
+quantized weights carried as integers and dequantized in the programs."""
 
 import json
 import os
@@ -11,12 +12,15 @@ import pytest
 from jax import export as jax_export
 
 import model_zoo as mz
+import quantize
 from exporter import export, read_manifest
 from exporter.trace import EntryPoint, empty_cache, entry_function, flat_weights
 from model_zoo.checkpoints.default import sha256_of
+from model_zoo.checkpoints.native import read_tensors
 from model_zoo.lowering import PLAIN
 from model_zoo.sharding import make_mesh
 from runtimes.artifact import open_artifact
+from runtimes.jax_runner import JaxRunner
 from runtimes.registry import make_runner
 from runtimes.tolerances import SAME_MATH_FLOAT32
 from runtimes.validation import validate_artifact
@@ -189,3 +193,41 @@ def test_changed_files_are_detected(tmp_path, tiny_params):
         file.write(b"junk")
     with pytest.raises(mz.GemmaforgeError, match="changed since export"):
         open_artifact(out)
+
+
+@pytest.mark.parametrize("recipe", ["int8", "int4"])
+def test_stablehlo_export_carries_and_runs_the_quantized_numbers(recipe, tmp_path, tiny_params):
+    config = mz.get_preset("tiny-gemma3")
+    params = tiny_params("tiny-gemma3")
+    model = mz.LoadedModel(config, params, mz.ByteTokenizer(), "test weights", True)
+    out = tmp_path / recipe
+    manifest = export(model, out, formats=("stablehlo",), buckets=(8,), quant=recipe)
+    assert manifest["recipe"] == recipe and manifest["precision"] == f"quantized {recipe}"
+    assert manifest["quantization"]["tensors"]["layers.0.mlp.up_proj"]["bits"] == int(recipe[3])
+
+    # The artifact stores the quantizer's own integers and scales, bit for bit.
+    qparams, quantized = quantize.quantize_params(params, recipe)
+    stored = read_tensors(out / "weights.safetensors")
+    for name, value in quantized.items():
+        if isinstance(value, quantize.QuantizedTensor):
+            np.testing.assert_array_equal(stored[f"{name}.values"], value.values)
+            np.testing.assert_array_equal(stored[f"{name}.scales"], value.scales)
+        else:
+            np.testing.assert_array_equal(stored[name], value)
+    assert (out / "weights.safetensors").stat().st_size < 0.5 * 4 * sum(mz.count_params(config))
+    # The programs take the integer tensors and dequantize them.
+    decode = (out / "stablehlo" / "decode.mlir").read_text()
+    assert "xi8>" in decode and "xf32>" in decode
+
+    # The reference validation holds them to is the quantized model...
+    artifact = open_artifact(out)
+    tokens = [2, 40, 41, 42]
+    reference = make_runner("jax", artifact).prefill(tokens)
+    np.testing.assert_array_equal(reference,
+                                  JaxRunner(config, qparams, max_len=artifact.max_len)
+                                  .prefill(tokens))
+    assert not np.allclose(reference, JaxRunner(config, params, max_len=artifact.max_len)
+                           .prefill(tokens), atol=1e-4)
+    # ...and StableHLO on XLA and on IREE match it.
+    report = validate_artifact(out, ["stablehlo", "iree"], decode_steps=4)
+    assert report["passed"], report

@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
-from model_zoo.checkpoints.untrusted import check_finite, shown
+from model_zoo.checkpoints.hf_names import TensorMap
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
 from model_zoo.tree import ParamPath, flatten, get_path, path_name, set_path
+from model_zoo.untrusted import check_finite, shown
 
 ALIGNMENT = 64
+# Rows converted per step for large tensors (the 262144-row embedding): ~40 MB of float32.
+ROWS_PER_STEP = 16384
 
 
 def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -28,6 +31,22 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     raw = np.empty(size + ALIGNMENT, np.uint8)
     offset = (-raw.ctypes.data) % ALIGNMENT
     return raw[offset : offset + size].view(dtype).reshape(shape)
+
+
+def read_rows(entry: TensorMap, rows: int,
+              read: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """One checkpoint tensor of `rows` rows (its shape `entry.hf_shape`) in our layout, from
+    `read(first, last)`: rows first..last as float32 [last - first, ...]. A tensor that keeps
+    its layout goes into one aligned buffer ROWS_PER_STEP rows at a time, so the whole float32
+    copy of a large table is never held twice."""
+    shape = entry.hf_shape
+    if entry.layout.same and rows > ROWS_PER_STEP:
+        out = aligned_empty(shape)
+        for first in range(0, rows, ROWS_PER_STEP):
+            last = min(rows, first + ROWS_PER_STEP)
+            out[first:last] = read(first, last).reshape(last - first, *shape[1:])
+        return out
+    return entry.to_ours(read(0, rows).reshape(shape))
 
 
 def adopt(array: np.ndarray, sharding: jax.sharding.Sharding | None = None) -> jax.Array:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from model_zoo.checkpoints.untrusted import open_regular, reading
 from model_zoo.errors import GemmaforgeError
+from model_zoo.untrusted import open_regular, reading
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 # Zip archives (torch.save) and raw pickle streams (protocol 2+ starts with 0x80).

@@ -16,9 +16,9 @@ import struct
 import gguf
 import numpy as np
 
-from model_zoo.checkpoints.untrusted import check_tiling, open_regular, shown
 from model_zoo.config import MAX_LAYERS, MAX_VOCAB
 from model_zoo.errors import GemmaforgeError
+from model_zoo.untrusted import check_tiling, open_regular, shown
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -8,30 +8,32 @@ Linear weights are [out, in] as in HF, so the HF table converts them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Callable, Iterator
 
 import gguf
 import numpy as np
 
-from model_zoo.checkpoints.collect import Collector, aligned_empty, unexpected
+from model_zoo.checkpoints.collect import Collector, read_rows, unexpected
 from model_zoo.checkpoints.gguf_file import TensorInfo, read_header
 from model_zoo.checkpoints.hf_names import TensorMap, hf_tensor_map
-from model_zoo.checkpoints.untrusted import (
+from model_zoo.config import Family, ModelConfig, is_integer
+from model_zoo.errors import GemmaforgeError
+from model_zoo.layers import is_matrix
+from model_zoo.spm import GemmaTokenizer
+from model_zoo.transformer import Params
+from model_zoo.tree import path_name
+from model_zoo.untrusted import (
     check_finite,
     open_regular,
     reading,
     regular_size,
     shown,
 )
-from model_zoo.config import Family, ModelConfig, is_integer
-from model_zoo.errors import GemmaforgeError
-from model_zoo.spm import GemmaTokenizer
-from model_zoo.transformer import Params
 
 ARCHITECTURES = {"gemma": Family.GEMMA1, "gemma2": Family.GEMMA2, "gemma3": Family.GEMMA3}
-# Rows dequantized per step for large tensors (the 262144-row embedding): ~40 MB of float32.
-ROWS_PER_STEP = 16384
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -69,6 +71,25 @@ _TOKENIZER_IDS = {"bos_id": "tokenizer.ggml.bos_token_id",
                   "pad_id": "tokenizer.ggml.padding_token_id",
                   "unk_id": "tokenizer.ggml.unknown_token_id"}
 _GGUF = "a GGUF"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One GGUF tensor as the file holds it.
+
+    Attributes:
+      qtype: its ggml type.
+      shape: the file's shape, rows (our outputs) first.
+      raw: a matrix's bytes (uint8), blocks as the file stores them; None for a vector.
+      value: a vector, float32 in our layout; None for a matrix.
+      to_ours: a matrix's float array of the file's shape -> our layout; None for a vector.
+    """
+
+    qtype: gguf.GGMLQuantizationType
+    shape: tuple[int, ...]
+    raw: np.ndarray | None
+    value: np.ndarray | None
+    to_ours: Callable[[np.ndarray], np.ndarray] | None
 
 
 class GGUFCheckpoint:
@@ -155,16 +176,11 @@ class GGUFCheckpoint:
             raise unexpected(self.path, extra)
         return collector.finish()
 
-    def source_tensors(self, config: ModelConfig):
-        """(dotted name, quantize.source.SourceTensor) for every parameter: the file's own
-        integers and scales where gemmaforge stores its grid (the `source` recipe)."""
-        from model_zoo.quantized import IN_AXES
-        from model_zoo.transformer import abstract_params
-        from model_zoo.tree import get_path, path_name
-        from quantize.source import SourceTensor, source_tensor
-
+    def stored_tensors(self, config: ModelConfig) -> Iterator[tuple[str, StoredTensor]]:
+        """(dotted name, StoredTensor) for every parameter, checked against `config`: each
+        matrix as the file stores it (its blocks undecoded: `quantize.source` reads the
+        grids), each vector (norm scales) as float32 in our layout."""
         self.check_config(config)
-        shapes = abstract_params(config)
         table = hf_tensor_map(config)
         extra = [t.name for t in self.tensors if hf_name(t.name, config.family) not in table]
         if extra:
@@ -175,19 +191,18 @@ class GGUFCheckpoint:
                 entry = table[hf_name(tensor.name, config.family)]
                 name = path_name(entry.path)
                 checker.check_shape(tensor.name, tensor.shape, entry.hf_shape)
-                if entry.path[-1] not in IN_AXES:  # vectors (norm scales) stay float32
+                if not is_matrix(name):
                     value = self._read(file.fileno(), tensor, entry)
                     check_finite(self.path, tensor.name, value)
-                    yield name, SourceTensor(value, tensor.qtype.name)
+                    yield name, StoredTensor(tensor.qtype, tensor.shape, None, value, None)
                     continue
                 raw = os.pread(file.fileno(), tensor.n_bytes, tensor.offset)
                 if len(raw) != tensor.n_bytes:
                     raise GemmaforgeError(f"{self.path} is truncated inside tensor {tensor.name}")
-                yield name, source_tensor(np.frombuffer(raw, np.uint8), tensor.qtype,
-                                          tensor.shape, IN_AXES[entry.path[-1]],
-                                          get_path(shapes, entry.path).shape,
-                                          lambda w, entry=entry: entry.to_ours(
-                                              w.reshape(entry.hf_shape)))
+                yield name, StoredTensor(tensor.qtype, tensor.shape,
+                                         np.frombuffer(raw, np.uint8), None,
+                                         lambda w, entry=entry: entry.to_ours(
+                                             w.reshape(entry.hf_shape)))
 
     def _read(self, fd: int, tensor: TensorInfo, entry: TensorMap) -> np.ndarray:
         """One tensor in our layout, dequantized a block of rows at a time."""
@@ -203,13 +218,7 @@ class GGUFCheckpoint:
             # llama.cpp stores Gemma's RMSNorm multiplier (1 + w); we keep w.
             return values - 1.0 if is_norm else values
 
-        if entry.layout.same and tensor.rows > ROWS_PER_STEP:
-            out = aligned_empty(entry.hf_shape)
-            for start in range(0, tensor.rows, ROWS_PER_STEP):
-                stop = min(tensor.rows, start + ROWS_PER_STEP)
-                out[start:stop] = dequantized(start, stop)
-            return out
-        return entry.to_ours(dequantized(0, tensor.rows).reshape(entry.hf_shape))
+        return read_rows(entry, tensor.rows, dequantized)
 
     def tokenizer(self) -> GemmaTokenizer:
         """The SentencePiece tokenizer rebuilt from the file's vocabulary, every array and id

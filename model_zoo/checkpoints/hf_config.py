@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from model_zoo.checkpoints.untrusted import shown
 from model_zoo.config import (
     FAMILY_NAMES,
     MAX_CONTEXT,
@@ -23,6 +22,7 @@ from model_zoo.config import (
     size_problem,
 )
 from model_zoo.errors import GemmaforgeError
+from model_zoo.untrusted import shown
 
 MODEL_TYPES = {names.model_type: family for family, names in FAMILY_NAMES.items()}
 _LAYER_TYPES = {"sliding_attention": AttentionType.LOCAL, "full_attention": AttentionType.GLOBAL}

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from model_zoo.checkpoints.hf_names import SAME, TensorMap
-from model_zoo.checkpoints.untrusted import reading
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params, abstract_params
 from model_zoo.tree import flatten, path_name
+from model_zoo.untrusted import reading
 
 _DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
                 np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32"}

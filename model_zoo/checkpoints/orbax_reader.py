@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 from model_zoo.checkpoints.collect import Collector, unexpected
-from model_zoo.checkpoints.untrusted import check_tree, one_line, shown
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.transformer import Params
+from model_zoo.untrusted import check_tree, one_line, shown
 
 _LAYER = re.compile(r"layer_(\d+)/(.+)")
 _NORMS = {"pre_attention_norm": "pre_attn_norm", "post_attention_norm": "post_attn_norm",

@@ -17,9 +17,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from model_zoo.checkpoints.collect import Collector, aligned_empty, unexpected
+from model_zoo.checkpoints.collect import Collector, read_rows, unexpected
 from model_zoo.checkpoints.hf_names import TensorMap, hf_tensor_map
-from model_zoo.checkpoints.untrusted import (
+from model_zoo.config import ModelConfig, is_integer
+from model_zoo.errors import GemmaforgeError
+from model_zoo.transformer import Params
+from model_zoo.untrusted import (
     check_tiling,
     inside,
     open_regular,
@@ -28,9 +31,6 @@ from model_zoo.checkpoints.untrusted import (
     reading,
     shown,
 )
-from model_zoo.config import ModelConfig, is_integer
-from model_zoo.errors import GemmaforgeError
-from model_zoo.transformer import Params
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
 # Multimodal Gemma 3 checkpoints keep the language model under its own prefix.
@@ -38,7 +38,6 @@ TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 # Tensors of a multimodal checkpoint that the text model does not use.
 VISION_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.",
                    "model.multi_modal_projector.")
-ROWS_PER_STEP = 16384
 # The safetensors library's own bound on the JSON header.
 MAX_HEADER_BYTES = 100 << 20
 # More tensors than one file of a MAX_LAYERS Gemma holds, quantized artifacts' scales included;
@@ -208,13 +207,7 @@ def _read(fd: int, path: Path, name: str, dtype_name: str, start: int,
         raw = os.pread(fd, (last - first) * row * itemsize, start + first * row * itemsize)
         return np.frombuffer(raw, dtype).astype(np.float32).reshape(last - first, row)
 
-    if entry.layout.same and rows > ROWS_PER_STEP:
-        out = aligned_empty(shape)
-        for first in range(0, rows, ROWS_PER_STEP):
-            last = min(rows, first + ROWS_PER_STEP)
-            out[first:last] = rows_as_float32(first, last).reshape(last - first, *shape[1:])
-        return out
-    return entry.to_ours(rows_as_float32(0, rows).reshape(shape))
+    return read_rows(entry, rows, rows_as_float32)
 
 
 _ARCHITECTURE_FIELDS = ("family", "vocab_size", "embed_dim", "num_layers", "num_heads",
