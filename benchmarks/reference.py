@@ -2,8 +2,8 @@
 
 - tiny presets against HF transformers (random weights copied across): max abs logit error of
   prefill + 8 decode steps, per family;
-- gemma3-270m against ../shared/refs (HF float32 on the same dequantized weights): last-logit
-  error and greedy agreement;
+- gemma3-270m against tests/data/gemma3_270m (HF float32 on the same dequantized weights):
+  last-logit error and greedy agreement;
 - gemma3-270m against HF transformers run here on a ~640-token prompt (past the 512 window).
 """
 
@@ -28,7 +28,7 @@ def run() -> dict:
         ours_stepwise,
         tiny_parity,
     )
-    from tests.shared_data import REF_PROMPTS, REFS
+    from tests.reference_data import REF_PROMPTS, REFS
 
     result: dict = {"tiny_vs_hf": {}, "refs": {}}
     for name in ("tiny-gemma1", "tiny-gemma2", "tiny-gemma3"):

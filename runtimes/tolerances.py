@@ -7,7 +7,7 @@ float32 logits unless said otherwise).
 - INDEPENDENT_FLOAT32: our model against an implementation nobody here wrote (HF transformers in
   PyTorch) on tiny random configs, float32.
 - REAL_MODEL_FLOAT32: the real Gemma 3 270M against the HF float32 reference logits shipped in
-  shared/refs (logits of magnitude ~30, 18 layers of float32 accumulation).
+  tests/data/gemma3_270m (logits of magnitude ~30, 18 layers of float32 accumulation).
 - XNNPACK_FLOAT32: a float32 .tflite on the tiny presets run by LiteRT's XNNPACK kernels, whose
   GEMMs block and accumulate differently on each CPU.
 - ONNX_FLOAT32: a float32 ONNX decoder on the tiny presets run by ONNX Runtime (MLAS GEMMs,

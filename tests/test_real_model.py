@@ -14,7 +14,7 @@ from runtimes import JaxRunner
 from runtimes.base import generate
 from runtimes.tolerances import REAL_MODEL_FLOAT32
 from tests.hf_reference import hf_logits, hf_model, long_prompt_ids, ours_stepwise
-from tests.shared_data import REF_PROMPTS, REFS, require
+from tests.reference_data import REF_PROMPTS, REFS
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_default_checkpoint_is_the_packaged_file():
 
 @pytest.mark.parametrize("name", sorted(REF_PROMPTS))
 def test_logits_and_greedy_match_the_reference(model, name):
-    ref = np.load(require(REFS / f"{name}.npz"))
+    ref = np.load(REFS / f"{name}.npz")
     ids = model.tokenizer.encode(REF_PROMPTS[name])
     assert ids == ref["ids"].tolist()
 
@@ -60,7 +60,7 @@ def test_a_prompt_past_the_window_agrees_with_hf_transformers(model):
 
 
 def test_cli_generate_prints_the_reference_continuation(model, capsys):
-    ref = np.load(require(REFS / "france.npz"))
+    ref = np.load(REFS / "france.npz")
     with pytest.raises(SystemExit) as stop:
         main(["generate", "gemma3-270m", "--prompt", REF_PROMPTS["france"], "-n", "12",
               "--json"])
@@ -75,7 +75,7 @@ def test_cli_generate_prints_the_reference_continuation(model, capsys):
               "-n", "6"])
     out, err = capsys.readouterr()
     assert stop.value.code == 0
-    haiku = np.load(require(REFS / "haiku.npz"))
+    haiku = np.load(REFS / "haiku.npz")
     assert out.strip() == model.tokenizer.decode(haiku["greedy"][:6].tolist()).strip()
     assert "tok/s" in err
 
@@ -94,7 +94,7 @@ def test_stablehlo_artifact_reproduces_the_references(tmp_path_factory, model):
     for runtime in ("stablehlo", "iree"):
         runner = make_runner(runtime, artifact)
         for name, prompt in REF_PROMPTS.items():
-            ref = np.load(require(REFS / f"{name}.npz"))
+            ref = np.load(REFS / f"{name}.npz")
             result = generate(runner, model.tokenizer.encode(prompt), 32)
             assert result.generated_ids == ref["greedy"].tolist(), (runtime, name)
         del runner
@@ -114,7 +114,7 @@ def test_litert_artifact_reproduces_the_references(tmp_path_factory, model):
     tflite = make_runner("litert", artifact)
     engines = [make_runner("litert-lm", artifact), make_runner("litert-lm-task", artifact)]
     for name, prompt in REF_PROMPTS.items():
-        ref = np.load(require(REFS / f"{name}.npz"))
+        ref = np.load(REFS / f"{name}.npz")
         ids = model.tokenizer.encode(prompt)
         assert generate(tflite, ids, 32).generated_ids == ref["greedy"].tolist(), name
         # The engine adds BOS itself and stops at <end_of_turn>; compare the text it printed.
@@ -141,7 +141,7 @@ def test_onnx_artifact_reproduces_the_references(tmp_path_factory, model):
     artifact = open_artifact(out)
     runners = [make_runner("onnxruntime", artifact), make_runner("ort-genai", artifact)]
     for name, prompt in REF_PROMPTS.items():
-        ref = np.load(require(REFS / f"{name}.npz"))
+        ref = np.load(REFS / f"{name}.npz")
         ids = model.tokenizer.encode(prompt)
         for runner in runners:
             assert generate(runner, ids, 32).generated_ids == ref["greedy"].tolist(), \
@@ -218,7 +218,7 @@ def test_source_recipe_carries_the_files_grids_and_is_the_float32_model(tmp_path
     assert report["passed"], report
     runner = make_runner("onnxruntime", open_artifact(out))
     for name, prompt in REF_PROMPTS.items():
-        ref = np.load(require(REFS / f"{name}.npz"))
+        ref = np.load(REFS / f"{name}.npz")
         ids = model.tokenizer.encode(prompt)
         assert np.abs(runner.prefill(ids) - ref["last_logits"]).max() <= REAL_MODEL_FLOAT32
         assert generate(runner, ids, 32).generated_ids == ref["greedy"].tolist(), name

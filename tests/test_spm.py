@@ -11,7 +11,7 @@ from model_zoo.checkpoints.default import default_checkpoint
 from model_zoo.checkpoints.gguf_reader import GGUFCheckpoint
 from model_zoo.spm import GemmaTokenizer
 from model_zoo.tokenizer import chat_prompt
-from tests.shared_data import TOKENIZER_MODEL, require
+from tests.reference_data import TOKENIZER_MODEL
 
 TEXTS = [
     "The capital of France is",
@@ -37,7 +37,7 @@ def ours():
 
 @pytest.fixture(scope="module")
 def real():
-    return GemmaTokenizer.from_file(require(TOKENIZER_MODEL))
+    return GemmaTokenizer.from_file(TOKENIZER_MODEL)
 
 
 def test_rebuilt_pieces_equal_the_real_model(ours, real):
