@@ -132,8 +132,9 @@ def _weights_in_place(root: str, preset: str, samples: int = 64) -> dict:
     import numpy as np
 
     from exporter.tflite_weights import buffer_region
-    from model_zoo.checkpoints.native import weight_offsets, weight_specs
+    from model_zoo.checkpoints.native import weight_offsets
     from model_zoo.presets import get_preset
+    from model_zoo.transformer import weight_specs
 
     config, weights = get_preset(preset), f"{root}/weights.safetensors"
     offsets = weight_offsets(Path(weights), config)
@@ -146,7 +147,8 @@ def _weights_in_place(root: str, preset: str, samples: int = 64) -> dict:
         for index in range(model.BuffersLength()):
             offset, size = buffer_region(model.Buffers(index))
             by_size.setdefault(size // 4, []).append(offset)
-        for name, (shape, _) in weight_specs(config).items():
+        for name, spec in weight_specs(config).items():
+            shape = spec.shape
             if len(shape) < 2:
                 continue
             matrices += 1

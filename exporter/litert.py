@@ -35,12 +35,12 @@ from exporter.tflite_inspect import describe
 from exporter.tflite_weights import fill_weights, placeable, placeholder
 from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, kv_names
 from model_zoo.checkpoints.default import sha256_of
-from model_zoo.checkpoints.native import weight_offsets, weight_specs, write_safetensors
+from model_zoo.checkpoints.native import weight_offsets, write_safetensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.lowering import Composites, Head, Lowering
 from model_zoo.tokenizer import TURN_END, turn_start
-from model_zoo.transformer import EMBEDDING
+from model_zoo.transformer import EMBEDDING, weight_specs
 from quantize import dequantize
 
 DIRECTORY = "litert"
@@ -116,7 +116,7 @@ def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
     names = sorted(specs)
     function = entry_function(config, entry, lowering)
     tokens, positions, cache = input_specs(config, entry, options.max_len)
-    weights = {n: jax.ShapeDtypeStruct(specs[n][0], specs[n][1]) for n in specs}
+    weights = specs
     exported = jax_export.export(jax.jit(function, keep_unused=True),
                                  platforms=("cpu",))(weights, tokens, positions, cache)
     cache_names = sorted(kv_names(config))
@@ -144,7 +144,7 @@ def write_tflite(config: ModelConfig, directory: Path, options: TraceOptions,
     ir, _, converter, _ = _converter()
     started = time.perf_counter()
     offsets = weight_offsets(weights_file, config)
-    shapes = {name: shape for name, (shape, _) in weight_specs(config).items()}
+    shapes = {name: spec.shape for name, spec in weight_specs(config).items()}
     context = ir.Context()
     converter.prepare_mlir_context(context)
     # 'BTD,VD->BTV' becomes FULLY_CONNECTED, which XNNPACK runs faster than a batch matmul.

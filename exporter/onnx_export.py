@@ -48,11 +48,12 @@ from exporter.onnx_quant import (
     write_weights,
 )
 from exporter.request import ExportPlan, ExportRequest, StoredWeights
-from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs, weight_specs
+from exporter.trace import EntryPoint, TraceOptions, entry_function, input_specs
 from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.lowering import Composites, Head, Lowering
+from model_zoo.transformer import weight_specs
 
 DIRECTORY = "onnx"
 MODEL = "model.onnx"

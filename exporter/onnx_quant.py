@@ -271,7 +271,7 @@ def write_weights(weights_file: Path, data_file: Path, config: ModelConfig,
     """Writes every weight of `weights_file` (the quantized artifact's tensors) into
     `data_file` in the layout `profile` reads, and returns each weight's stored value.
     `tensors` is the manifest's per-tensor specs."""
-    from exporter.trace import weight_specs
+    from model_zoo.transformer import weight_specs
 
     stored = read_tensors(weights_file, mapped=True)
     integer = integer_activations(tensors)

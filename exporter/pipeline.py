@@ -34,12 +34,13 @@ from exporter.request import (
 )
 from exporter.stablehlo import write_stablehlo
 from exporter.trace import resolve_options
-from model_zoo.checkpoints.native import weight_specs, write_safetensors
+from model_zoo.checkpoints.native import write_safetensors
 from model_zoo.config import config_to_dict
 from model_zoo.errors import GemmaforgeError
 from model_zoo.loading import LoadedModel
 from model_zoo.lowering import Composites
 from model_zoo.spm import GemmaTokenizer, sentencepiece_twin
+from model_zoo.transformer import weight_specs
 
 Writer = Callable[[ExportPlan, StoredWeights, Path, ExportRequest], FormatResult]
 # Each format's writer; they run, and the manifest lists them, in FORMATS order.
@@ -90,8 +91,8 @@ def plan_export(model: LoadedModel, request: ExportRequest) -> ExportPlan:
     traced = model.config if recipe is None else quantize.model_config(model.config, recipe)
     if recipe is not None and Format.LITERT in request.formats:
         # The recipe's grids must be ones LiteRT holds.
-        litert_quant.check_recipe({name: recipe.spec_for(name, tuple(shape)).describe()
-                                   for name, (shape, _) in weight_specs(model.config).items()})
+        litert_quant.check_recipe({name: recipe.spec_for(name, spec.shape).describe()
+                                   for name, spec in weight_specs(model.config).items()})
     options = resolve_options(model.config, request.max_len, request.buckets,
                               composites=Composites.CORE if request.fused else Composites.NONE,
                               symbolic_prefill=request.symbolic_prefill)
@@ -123,7 +124,7 @@ def write_weights(model: LoadedModel, request: ExportRequest, root: Path) -> Sto
         return StoredWeights(path)
     quantized, tensors = _quantize(model, request)
     flat = quantize.flatten_params(quantize.to_params(quantized))
-    write_safetensors(path, {n: (a.shape, a.dtype) for n, a in flat.items()}, flat.items())
+    write_safetensors(path, flat, flat.items())
     return StoredWeights(path, {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in flat.items()},
                          quantized, Quantization(request.recipe.name, tensors))
 

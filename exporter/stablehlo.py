@@ -24,12 +24,12 @@ from exporter.trace import (
     entry_function,
     input_specs,
     kv_names,
-    weight_specs,
 )
 from model_zoo.composites import COMPOSITE_NAMES
 from model_zoo.config import ModelConfig
 from model_zoo.lowering import Lowering
 from model_zoo.sharding import partition_specs
+from model_zoo.transformer import weight_specs
 from model_zoo.tree import flatten, path_name
 
 DIRECTORY = "stablehlo"

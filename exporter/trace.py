@@ -31,7 +31,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
 from model_zoo.lowering import Composites, Logits, Lowering
-from model_zoo.transformer import Params, abstract_params, apply
+from model_zoo.transformer import Params, apply
 from model_zoo.tree import flatten, path_name
 from quantize.tensor import dequantize_params, nest_params
 
@@ -142,11 +142,6 @@ def input_specs(config: ModelConfig, entry: EntryPoint, max_len: int,
     kv = jax.ShapeDtypeStruct((1, config.num_kv_heads, max_len, config.head_dim), jnp.float32)
     return (jax.ShapeDtypeStruct((1, t), jnp.int32), jax.ShapeDtypeStruct((t,), jnp.int32),
             {name: kv for name in kv_names(config)})
-
-
-def weight_specs(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    return {path_name(path): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
-            for path, leaf in flatten(abstract_params(config))}
 
 
 def _step(config: ModelConfig, params: Params, entry: EntryPoint, lowering: Lowering,

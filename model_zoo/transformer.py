@@ -25,7 +25,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import AS_IS, Attention, Embedder, FeedForward, Projection, RMSNorm
 from model_zoo.lowering import FUSED, Logits, Lowering
-from model_zoo.tree import get_path, path_name, set_path
+from model_zoo.tree import flatten, get_path, path_name, set_path
 
 Params = dict[str, Any]
 EMBEDDING = "embedder.embedding"  # the tied table's dotted name: token lookup and LM head
@@ -166,6 +166,13 @@ def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax
     quantized tree is dequantized first by its caller: `quantize.dequantize_params`.)"""
     model = nnx.merge(graphdef(config), params)
     return model(tokens, positions, cache, lowering, logits_index=logits_index)
+
+
+def weight_specs(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """Dotted parameter names -> float32 shape and dtype, in the parameters' order: what the
+    weights file holds and what an exported program takes."""
+    return {path_name(path): jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype)
+            for path, leaf in flatten(abstract_params(config))}
 
 
 def count_params(config: ModelConfig) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_zoo.errors import GemmaforgeError
+from model_zoo.transformer import EMBEDDING
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
 
 
@@ -43,7 +44,6 @@ class SourceSpec:
 SOURCE = SourceSpec()
 Spec = QuantSpec | FloatSpec | SourceSpec
 Predicate = Callable[[str, tuple[int, ...]], bool]
-EMBEDDING = "embedder.embedding"
 METHODS = ("rtn", "gptq")  # round to nearest; GPTQ on the calibration sample (`quantize.gptq`)
 
 @dataclasses.dataclass(frozen=True)

@@ -176,7 +176,7 @@ def _written(tmp_path, recipe: str, profile: str, level: int):
     _, quantized = quantize.quantize_params(mz.init_params(config, 0), recipe)
     flat = quantize.flatten_params(quantize.to_params(quantized))
     weights_file = tmp_path / "weights.safetensors"
-    write_safetensors(weights_file, {n: (a.shape, a.dtype) for n, a in flat.items()},
+    write_safetensors(weights_file, flat,
                       flat.items())
     stored = write_weights(weights_file, tmp_path / "model.onnx.data", config,
                            quantize.specs_of(quantized), profile, level)
@@ -229,7 +229,7 @@ def test_write_weights_refuses_a_weights_file_that_does_not_match(tmp_path):
     specs, weights_file = quantize.specs_of(quantized), tmp_path / "weights.safetensors"
 
     def refused(tensors: dict, message: str):
-        write_safetensors(weights_file, {n: (a.shape, a.dtype) for n, a in tensors.items()},
+        write_safetensors(weights_file, tensors,
                           tensors.items())
         with pytest.raises(GemmaforgeError, match=message):
             write_weights(weights_file, tmp_path / "data", config, specs, "ort")

@@ -9,8 +9,8 @@ import pytest
 import model_zoo as mz
 import quantize
 from exporter import export
-from model_zoo.checkpoints.native import weight_specs
 from model_zoo.errors import GemmaforgeError
+from model_zoo.transformer import weight_specs
 from model_zoo.tree import flatten, path_name
 from quantize.spec import QuantSpec
 

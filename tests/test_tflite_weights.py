@@ -13,8 +13,9 @@ import exporter.litert
 import model_zoo as mz
 from exporter import export
 from exporter.tflite_weights import _layout, buffer_region, placeable
-from model_zoo.checkpoints.native import weight_offsets, weight_specs
+from model_zoo.checkpoints.native import weight_offsets
 from model_zoo.errors import GemmaforgeError
+from model_zoo.transformer import weight_specs
 from runtimes.validation import validate_artifact
 
 # tiny-gemma2 with head_dim 24, so that N * H (96) differs from D (64) and every matrix,
@@ -74,7 +75,7 @@ def wide_heads_artifact(tmp_path_factory):
 def test_every_placed_weight_is_stored_bit_exact(wide_heads_artifact):
     root, manifest = wide_heads_artifact
     specs = weight_specs(WIDE_HEADS)
-    matrices = [name for name, (shape, _) in specs.items() if len(shape) >= 2]
+    matrices = [name for name, spec in specs.items() if len(spec.shape) >= 2]
     written = manifest["formats"]["litert"]["weights_written_after_conversion"]
     assert written["placed"] == len(matrices)
     assert written["transposed"] == len(matrices) - 1  # all FULLY_CONNECTED filters but the table
@@ -82,7 +83,7 @@ def test_every_placed_weight_is_stored_bit_exact(wide_heads_artifact):
     offsets = weight_offsets(root / "weights.safetensors", WIDE_HEADS)
     stored = _stored_float_tensors(root / "litert" / "model.tflite")
     for name in matrices:
-        shape = specs[name][0]
+        shape = specs[name].shape
         value = np.array(np.memmap(root / "weights.safetensors", np.float32, "r",
                                    offsets[name], shape))
         # The weight in its own order, or transposed as FULLY_CONNECTED's [out, in] filter:

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from model_zoo.checkpoints.hf_names import SAME, TensorMap
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.transformer import Params, abstract_params
+from model_zoo.transformer import Params, abstract_params, weight_specs
 from model_zoo.tree import flatten, path_name
 from model_zoo.untrusted import reading
 
@@ -30,14 +31,15 @@ def native_tensor_map(config: ModelConfig) -> dict[str, TensorMap]:
             for path, leaf in flatten(abstract_params(config))}
 
 
-def write_safetensors(path: str | os.PathLike, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+def write_safetensors(path: str | os.PathLike, specs: Mapping[str, Any],
                       arrays: Iterable[tuple[str, np.ndarray]]) -> None:
-    """Writes a safetensors file whose header comes from `specs` (name -> (shape, dtype)) and
-    whose data comes from `arrays`, one array at a time, in the same order: a model that never
-    exists whole in memory can be written."""
+    """Writes a safetensors file whose header comes from `specs` (name -> anything with a
+    `shape` and a `dtype`: `weight_specs`, or the arrays themselves) and whose data comes from
+    `arrays`, one array at a time, in the same order: a model that never exists whole in memory
+    can be written."""
     entries, offset = {}, 0
-    for name, (shape, dtype) in specs.items():
-        dtype = np.dtype(dtype)
+    for name, spec in specs.items():
+        shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
         if dtype not in _DTYPE_NAMES:
             raise TypeError(f"cannot store {name} of dtype {dtype}")
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -46,7 +48,7 @@ def write_safetensors(path: str | os.PathLike, specs: dict[str, tuple[tuple[int,
         offset += size
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % _ALIGN)
-    expected = iter(specs.items())
+    expected = ((name, (tuple(spec.shape), np.dtype(spec.dtype))) for name, spec in specs.items())
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(header)))
         file.write(header)
@@ -61,12 +63,6 @@ def write_safetensors(path: str | os.PathLike, specs: dict[str, tuple[tuple[int,
         raise ValueError(f"{path}: the arrays ended before the header's last tensor")
 
 
-def weight_specs(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Our dotted parameter names -> (shape, dtype), in the parameters' order."""
-    return {path_name(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
-            for path, leaf in flatten(abstract_params(config))}
-
-
 def weight_offsets(path: Path, config: ModelConfig) -> dict[str, int]:
     """Each weight's byte offset in `path`, our float32 safetensors for `config`, checked
     against the config's names and shapes: readers map or read the tensors from there."""
@@ -74,7 +70,8 @@ def weight_offsets(path: Path, config: ModelConfig) -> dict[str, int]:
 
     header, data_start = read_header(path)
     offsets = {}
-    for name, (shape, _) in weight_specs(config).items():
+    for name, spec in weight_specs(config).items():
+        shape = tuple(spec.shape)
         entry = header.get(name)
         if entry is None or entry["dtype"] != "F32" or tuple(entry["shape"]) != shape:
             found = "missing" if entry is None else f"{entry['dtype']} {entry['shape']}"
