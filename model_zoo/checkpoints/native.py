@@ -110,4 +110,4 @@ def read_tensors(path: Path, *, mapped: bool = False) -> dict[str, np.ndarray]:
 def save_params(path: str | Path, params: Params) -> None:
     """Our parameters, float32, under our dotted names."""
     pairs = [(path_name(p), leaf) for p, leaf in flatten(params)]
-    write_safetensors(path, {n: (tuple(a.shape), np.dtype(a.dtype)) for n, a in pairs}, pairs)
+    write_safetensors(path, dict(pairs), pairs)
