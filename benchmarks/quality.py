@@ -56,6 +56,7 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m",
     from model_zoo.loading import load
     from model_zoo.transformer import apply
     from quantize import dequantize_once, get_recipe, model_config, quantize_params
+    from quantize.activations import activation_projection
 
     model = load(preset)
     config = model.config
@@ -78,7 +79,8 @@ def run(recipes: tuple[str, ...] = RECIPES, preset: str = "gemma3-270m",
 
     @functools.partial(jax.jit, static_argnums=0)
     def forward(run_config, params, tokens, positions, cache):
-        logits, cache = apply(run_config, params, tokens, positions, cache)
+        logits, cache = apply(run_config, params, tokens, positions, cache,
+                              projection=activation_projection(run_config))
         return jax.nn.log_softmax(logits[0], axis=-1), cache
 
     caches = {name: KVCache.create(config, 1, length) for name in variants}

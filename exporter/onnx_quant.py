@@ -53,7 +53,8 @@ from exporter.onnx_graph import MS_DOMAIN, Const, Ops, Value
 from model_zoo.checkpoints.native import read_tensors
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
-from model_zoo.layers import INT8_MAX, in_axes, is_matrix
+from model_zoo.layers import in_axes, is_matrix
+from quantize.activations import INT8_MAX
 from quantize.spec import pack4
 
 ACCURACY_LEVELS = (0, 4)  # float32 activations (the reference's arithmetic), int8 activations
@@ -336,7 +337,7 @@ def _dequantized(ops: Ops, weight: QuantizedWeight) -> str:
 
 def _integer_matmul(ops: Ops, lhs: Value, weight: QuantizedWeight) -> str:
     """lhs [..., K] rounded to int8 per row as the reference rounds it
-    (`model_zoo.layers.round_activations`: s = max(max |x| / 127, tiny), q = round(x / s)),
+    (`quantize.activations.round_activations`: s = max(max |x| / 127, tiny), q = round(x / s)),
     times the int8 weight [K, N] in int32 (MatMulInteger, both offset by INTEGER_OFFSET),
     then times s and the weight's per-channel scales."""
     largest = ops.op("ReduceMax", [ops.op("Abs", [lhs]), ops.ints([-1])], keepdims=1)

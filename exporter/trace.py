@@ -33,6 +33,7 @@ from model_zoo.inference import DEFAULT_MAX_LEN, default_max_len
 from model_zoo.lowering import Composites, Logits, Lowering
 from model_zoo.transformer import Params, apply
 from model_zoo.tree import flatten, path_name
+from quantize.activations import activation_projection
 from quantize.tensor import dequantize_params, nest_params
 
 DEFAULT_BUCKETS = (32, 128, 512)
@@ -154,7 +155,7 @@ def _step(config: ModelConfig, params: Params, entry: EntryPoint, lowering: Lowe
     # integer values and scales and computes the float weights itself.
     params = dequantize_params(params)
     logits, cache = apply(config, params, tokens, input_pos[None], cache, lowering,
-                          logits_index=last)
+                          logits_index=last, projection=activation_projection(config))
     updated = {}
     for i in range(config.num_layers):
         updated[f"kv_cache_k_{i}"] = cache.k[i]

@@ -122,9 +122,10 @@ class ModelConfig:
       max_context: the context length the model was trained for.
       norm_eps: RMSNorm epsilon.
       bos_id / eos_id / pad_id: special token ids shared by every Gemma vocabulary.
-      activation_quant: None (float activations), or "int8-dynamic": every projection and the
-        LM head round their input to int8 per token first (symmetric, scale = max |x| / 127),
-        the arithmetic of a recipe with dynamic int8 activations (`quantize`).
+      activation_quant: a record, which the model itself never reads: None (float
+        activations), or "int8-dynamic" for a recipe with dynamic int8 activations, whose
+        model `quantize.activation_projection` builds with a projection that rounds every
+        matmul's input to int8 per token.
     """
 
     name: str

@@ -18,22 +18,25 @@ import numpy as np
 from model_zoo.cache import KVCache
 from model_zoo.config import ModelConfig
 from model_zoo.errors import GemmaforgeError
+from model_zoo.layers import AS_IS, Projection
 from model_zoo.lowering import Composites, Logits, Lowering
 from model_zoo.transformer import Params, apply
 
 
-@functools.partial(jax.jit, static_argnames=("config", "composites"),
+@functools.partial(jax.jit, static_argnames=("config", "composites", "projection"),
                    donate_argnames=("cache",))
 def step(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
          cache: KVCache, logits_index: jax.Array, *,
-         composites: Composites = Composites.CORE) -> tuple[jax.Array, KVCache]:
+         composites: Composites = Composites.CORE,
+         projection: Projection = AS_IS) -> tuple[jax.Array, KVCache]:
     """One jitted forward over T tokens per row; logits [B, V] at `logits_index` [B] only.
 
     The cache is donated: its buffers are updated in place and the `cache` passed in must not
     be used again (the same holds for `prefill` and `decode`, which call this).
     """
     logits, cache = apply(config, params, tokens, positions, cache,
-                          Lowering(composites, logits=Logits.AT_INDEX), logits_index=logits_index)
+                          Lowering(composites, logits=Logits.AT_INDEX), logits_index=logits_index,
+                          projection=projection)
     return logits[:, 0], cache
 
 
@@ -55,7 +58,8 @@ def check_fits(needed: int, cache: KVCache) -> None:
 
 def prefill(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
             cache: KVCache, *, chunk_size: int | None = None,
-            composites: Composites = Composites.CORE) -> tuple[jax.Array, KVCache, np.ndarray]:
+            composites: Composites = Composites.CORE,
+            projection: Projection = AS_IS) -> tuple[jax.Array, KVCache, np.ndarray]:
     """Writes each prompt into its cache row from position 0.
 
     Args:
@@ -93,7 +97,7 @@ def prefill(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]
                                     tokens.shape)
         index = np.clip(lengths - 1 - start, 0, width - 1).astype(np.int32)
         logits, cache = step(config, params, jnp.asarray(tokens), jnp.asarray(positions), cache,
-                             jnp.asarray(index), composites=composites)
+                             jnp.asarray(index), composites=composites, projection=projection)
         ends_here = jnp.asarray((lengths - 1 >= start) & (lengths - 1 < start + width))
         last_logits = logits if last_logits is None else jnp.where(
             ends_here[:, None], logits, last_logits)
@@ -102,7 +106,8 @@ def prefill(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]
 
 def decode(config: ModelConfig, params: Params, tokens: Sequence[int] | np.ndarray,
            positions: Sequence[int] | np.ndarray, cache: KVCache, *,
-           composites: Composites = Composites.CORE) -> tuple[jax.Array, KVCache]:
+           composites: Composites = Composites.CORE,
+           projection: Projection = AS_IS) -> tuple[jax.Array, KVCache]:
     """One new token per row at its own position.
 
     Args:
@@ -116,7 +121,8 @@ def decode(config: ModelConfig, params: Params, tokens: Sequence[int] | np.ndarr
     check_fits(int(positions.max()) + 1, cache)
     _check_ids(config, tokens.ravel())
     return step(config, params, jnp.asarray(tokens), jnp.asarray(positions), cache,
-                jnp.zeros((tokens.shape[0],), jnp.int32), composites=composites)
+                jnp.zeros((tokens.shape[0],), jnp.int32), composites=composites,
+                projection=projection)
 
 
 def _bucket(width: int, room: int) -> int:

@@ -54,15 +54,31 @@ class RMSNorm(nnx.Module):
 LM_HEAD_EQUATION = "BTD,VD->BTV"
 
 
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """What every matmul with a weight hands that weight: its input, as it is. A caller that
+    needs to see or change the inputs builds the model with a subclass: calibration records
+    them (`quantize.gptq`), a model with dynamic int8 activations rounds them
+    (`quantize.activations`). The model itself keeps nothing and rounds nothing."""
+
+    def __call__(self, role: str, x: jax.Array) -> jax.Array:
+        """The input `x` of the matmul with the weight `role` (q_proj, ..., down_proj, or
+        "embedding" for the LM head: x [B, T, D])."""
+        return x
+
+
+AS_IS = Projection()
+
+
 class Embedder(nnx.Module):
     """The tied embedding: token lookup scaled by sqrt(D), and the LM head."""
 
-    def __init__(self, config: ModelConfig, *, key: jax.Array):
+    def __init__(self, config: ModelConfig, *, key: jax.Array, projection: Projection = AS_IS):
         # Rows of unit norm, as in trained Gemma; times sqrt(D) the residual starts at RMS 1.
         self.embedding = _param(key, 0, (config.vocab_size, config.embed_dim),
                                 1.0 / math.sqrt(config.embed_dim), ("vocab", "embed"))
         self.embed_dim = config.embed_dim
-        self.activations = config.activation_quant
+        self.projection = projection
 
     def encode(self, tokens: jax.Array, *, fused: bool = False) -> jax.Array:
         """int [B, T] -> [B, T, D]; `fused`: the lookup as a composite (Composites.TABLE)."""
@@ -71,7 +87,7 @@ class Embedder(nnx.Module):
 
     def decode(self, x: jax.Array, *, head: Head = Head.TABLE_LEFT) -> jax.Array:
         """[B, T, D] -> logits [B, T, V], the contraction in the form `head` names."""
-        x = round_activations(x, 1, self.activations)
+        x = self.projection("embedding", x)
         if head is Head.TOKENS_LEFT:
             return jnp.einsum(LM_HEAD_EQUATION, x, self.embedding[...])
         logits = jax.lax.dot_general(self.embedding[...], x, (((1,), (2,)), ((), ())))
@@ -104,43 +120,10 @@ def in_axes(name: str) -> int:
     return IN_AXES[name.rsplit(".", 1)[-1]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Projection:
-    """What every projection hands its weight: its input, as it is. A caller that needs to see
-    the inputs (calibration, `quantize.gptq`) builds the model with a subclass and reads what
-    that one recorded: the model itself keeps nothing."""
-
-    def __call__(self, role: str, x: jax.Array) -> jax.Array:
-        """The input `x` of projection `role` (q_proj, ..., down_proj)."""
-        return x
-
-
-AS_IS = Projection()
-
-
-INT8_MAX = 127
-
-
-def round_activations(x: jax.Array, axes: int, mode: str | None) -> jax.Array:
-    """x with its last `axes` axes (one token's inputs to a matmul) on the int8 grid of that
-    token, for `mode` "int8-dynamic" (ModelConfig.activation_quant): q * s, s = max |x| / 127,
-    q = round(x / s). None: x as it is."""
-    if mode is None:
-        return x
-    reduced = tuple(range(x.ndim - axes, x.ndim))
-    # A token of zeros keeps its zeros on any positive scale: the smallest normal float32
-    # (XLA flushes subnormals to zero).
-    scale = jnp.maximum(jnp.max(jnp.abs(x), axis=reduced, keepdims=True) / INT8_MAX,
-                        jnp.finfo(jnp.float32).tiny)
-    return jnp.clip(jnp.round(x / scale), -INT8_MAX, INT8_MAX) * scale
-
-
 def project(module: nnx.Module, role: str, equation: str, x: jax.Array) -> jax.Array:
     """jnp.einsum(equation, x, W) for the projection `role` (q_proj, ..., down_proj) of `module`
-    (W its parameter of that name), the input as the module's `projection` hands it, rounded
-    first as its `activations` say (`round_activations`)."""
-    x = round_activations(module.projection(role, x), IN_AXES[role], module.activations)
-    return jnp.einsum(equation, x, getattr(module, role)[...])
+    (W its parameter of that name), the input as the module's `projection` hands it."""
+    return jnp.einsum(equation, module.projection(role, x), getattr(module, role)[...])
 
 
 class Attention(nnx.Module):
@@ -162,7 +145,6 @@ class Attention(nnx.Module):
         self.scale = config.query_scale
         self.logit_cap = config.attn_logit_softcap
         self.projection = projection
-        self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
                  lowering: Lowering) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -223,7 +205,6 @@ class FeedForward(nnx.Module):
         self.up_proj = _param(key, 1, (d, f), 1.0 / math.sqrt(d), ("embed", "mlp"))
         self.down_proj = _param(key, 2, (f, d), 1.0 / math.sqrt(f), ("mlp", "embed"))
         self.projection = projection
-        self.activations = config.activation_quant
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, D]."""

@@ -70,11 +70,11 @@ class Block(nnx.Module):
 
 class Gemma(nnx.Module):
     """Embedding, `num_layers` blocks, final norm, tied LM head with optional soft-cap;
-    `projection` (`layers.Projection`) hands each projection its input."""
+    `projection` (`layers.Projection`) hands each matmul with a weight its input."""
 
     def __init__(self, config: ModelConfig, *, key: jax.Array, projection: Projection = AS_IS):
         self.config = config
-        self.embedder = Embedder(config, key=jax.random.fold_in(key, 0))
+        self.embedder = Embedder(config, key=jax.random.fold_in(key, 0), projection=projection)
         self.layers = nnx.List([Block(config, i, key=jax.random.fold_in(key, 1 + i),
                                       projection=projection)
                                 for i in range(config.num_layers)])
@@ -124,9 +124,13 @@ def abstract_model(config: ModelConfig) -> Gemma:
 
 
 @functools.cache
-def graphdef(config: ModelConfig) -> nnx.GraphDef:
-    """The static structure of `Gemma(config)`; with a `Params` dict it makes the module."""
-    return nnx.graphdef(abstract_model(config))
+def graphdef(config: ModelConfig, projection: Projection = AS_IS) -> nnx.GraphDef:
+    """The static structure of `Gemma(config, projection=projection)`; with a `Params` dict it
+    makes the module."""
+    if projection == AS_IS:
+        return nnx.graphdef(abstract_model(config))
+    return nnx.graphdef(nnx.eval_shape(lambda: Gemma(config, key=jax.random.key(0),
+                                                     projection=projection)))
 
 
 def abstract_params(config: ModelConfig) -> Params:
@@ -161,10 +165,13 @@ def init_params(config: ModelConfig, seed: int = 0, *, shardings: Any = None) ->
 
 def apply(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
           cache: KVCache, lowering: Lowering = FUSED, *,
-          logits_index: jax.Array | None = None) -> tuple[jax.Array | None, KVCache]:
-    """`Gemma.__call__` as a pure function of the float parameters. See there for shapes. (A
-    quantized tree is dequantized first by its caller: `quantize.dequantize_params`.)"""
-    model = nnx.merge(graphdef(config), params)
+          logits_index: jax.Array | None = None,
+          projection: Projection = AS_IS) -> tuple[jax.Array | None, KVCache]:
+    """`Gemma.__call__` as a pure function of the float parameters, the model built with
+    `projection` (see `Gemma`). See there for shapes. (A quantized tree is dequantized first by
+    its caller, and a model with rounded activations takes the projection that rounds them:
+    `quantize.dequantize_params`, `quantize.activation_projection`.)"""
+    model = nnx.merge(graphdef(config, projection), params)
     return model(tokens, positions, cache, lowering, logits_index=logits_index)
 
 

@@ -17,6 +17,7 @@ from model_zoo.errors import GemmaforgeError
 from model_zoo.layers import in_axes
 from model_zoo.transformer import Params
 from model_zoo.tree import flatten, parse_name, path_name, set_path
+from quantize.activations import activation_projection
 from quantize.recipes import RECIPES, SOURCE, Recipe, get_recipe, load_recipe_file
 from quantize.source import SourceTensor
 from quantize.spec import FLOAT16, FLOAT32, FloatSpec, QuantSpec
@@ -30,10 +31,11 @@ from quantize.tensor import (
     quantize_tensor,
 )
 
-__all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe", "activation_quant",
-           "apply", "calibrate", "dequantize", "dequantize_once", "dequantize_params",
-           "flatten_params", "get_recipe", "is_quantized", "load_recipe_file", "model_config",
-           "nest_params", "quantize_params", "read_sources", "specs_of", "to_params"]
+__all__ = ["RECIPES", "FloatSpec", "QuantSpec", "QuantizedTensor", "Recipe",
+           "activation_projection", "activation_quant", "apply", "calibrate", "dequantize",
+           "dequantize_once", "dequantize_params", "flatten_params", "get_recipe",
+           "is_quantized", "load_recipe_file", "model_config", "nest_params", "quantize_params",
+           "read_sources", "specs_of", "to_params"]
 
 Quantized = QuantizedTensor | np.ndarray
 # The sample is ~700 tokens of Gemma's tokenizer; a byte tokenizer (test models) makes ~3,000.

@@ -36,12 +36,15 @@ LAZY_ROWS = 128  # rows updated together before the rest of W is (a multiple of 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Recorder(Projection):
-    """Hands each projection its input unchanged and keeps (role, input as float32
-    [tokens, in_features]) in the order the layers run: the capture of one eager forward."""
+    """Hands each matmul its input unchanged and keeps, for the layers' projections, (role,
+    input as float32 [tokens, in_features]) in the order the layers run: the capture of one
+    eager forward. (The LM head's input is not kept: the table is rounded to nearest.)"""
 
     inputs: list = dataclasses.field(default_factory=list)
 
     def __call__(self, role: str, x: jax.Array) -> jax.Array:
+        if IN_AXES[role] <= 0:
+            return x
         features = math.prod(x.shape[x.ndim - IN_AXES[role]:])
         self.inputs.append((role, np.asarray(x, np.float32).reshape(-1, features)))
         return x

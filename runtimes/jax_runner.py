@@ -12,6 +12,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.lowering import Composites
 from model_zoo.sharding import replicated_like
 from model_zoo.transformer import Params
+from quantize.activations import activation_projection
 from quantize.tensor import dequantize_once, is_quantized
 from runtimes.base import check_decode, checked_prompt
 
@@ -28,6 +29,8 @@ class JaxRunner:
         self.max_len = max_len
         self.vocab_size = config.vocab_size
         self.composites = composites
+        # A quantized model with int8-dynamic activations rounds every matmul's input.
+        self.projection = activation_projection(config)
         self._cache: KVCache | None = None
         self._position = 0
 
@@ -36,7 +39,8 @@ class JaxRunner:
         cache = KVCache.create(self.config, 1, self.max_len,
                                sharding=replicated_like(self.params))
         logits, self._cache, lengths = inference.prefill(
-            self.config, self.params, [list(prompt_ids)], cache, composites=self.composites)
+            self.config, self.params, [list(prompt_ids)], cache, composites=self.composites,
+            projection=self.projection)
         self._position = int(lengths[0])
         return np.asarray(logits[0])
 
@@ -44,6 +48,7 @@ class JaxRunner:
         token = check_decode(self, None if self._cache is None else self._position, token)
         logits, self._cache = inference.decode(self.config, self.params, [token],
                                                [self._position], self._cache,
-                                               composites=self.composites)
+                                               composites=self.composites,
+                                               projection=self.projection)
         self._position += 1
         return np.asarray(logits[0])

@@ -2,6 +2,7 @@
 every format's export of it, and the tolerance that judges it."""
 
 import collections
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,25 +13,30 @@ import quantize
 from exporter import export
 from model_zoo.cache import KVCache
 from model_zoo.transformer import apply
+from quantize.activations import activation_projection
 from quantize.tensor import dequantize_params
 from runtimes.validation import validate_artifact
 from tests.quantized_data import HALF_STEP_SLACK, onnx_initializers
 
 
 def test_round_activations_puts_each_token_on_its_own_int8_grid():
-    from model_zoo.layers import round_activations
+    from quantize.activations import round_activations
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 3, 4, 8)) * rng.uniform(0.1, 30, (2, 3, 1, 1))).astype(np.float32)
     x[1, 2] = 0.0  # a token of zeros stays zeros
-    rounded = np.asarray(round_activations(jnp.asarray(x), 2, "int8-dynamic"))
+    rounded = np.asarray(round_activations(jnp.asarray(x), 2))
     scale = np.abs(x).max(axis=(2, 3), keepdims=True) / 127  # over the token's last two axes
     steps = rounded / np.where(scale > 0, scale, 1.0)
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert np.abs(np.round(steps)).max() == 127  # each token's largest input is +-127 steps
     assert np.all(np.abs(rounded - x) <= scale / 2 * HALF_STEP_SLACK)
     assert not rounded[1, 2].any()
-    assert np.array_equal(np.asarray(round_activations(jnp.asarray(x), 2, None)), x)
+    # The model runs them through its projection: rounding under int8-dynamic, none otherwise.
+    config = mz.get_preset("tiny-gemma2")
+    rounding = activation_projection(dataclasses.replace(config, activation_quant="int8-dynamic"))
+    assert np.array_equal(np.asarray(rounding("o_proj", jnp.asarray(x))), rounded)  # N, H axes
+    assert np.array_equal(np.asarray(activation_projection(config)("o_proj", jnp.asarray(x))), x)
 
 
 def test_int8_dyn_reference_rounds_activations_where_int8_does_not(tiny_params):
@@ -44,7 +50,8 @@ def test_int8_dyn_reference_rounds_activations_where_int8_does_not(tiny_params):
         qparams, quantized = quantize.quantize_params(params, recipe)
         run_config = quantize.model_config(config, recipe)
         logits[recipe] = np.asarray(apply(run_config, dequantize_params(qparams), tokens, positions,
-                                          KVCache.create(run_config, 1, 16))[0])
+                                          KVCache.create(run_config, 1, 16),
+                                          projection=activation_projection(run_config))[0])
         assert run_config.activation_quant == (None if recipe == "int8" else "int8-dynamic")
         assert quantized["layers.0.attn.q_proj"].spec.activations == run_config.activation_quant
     difference = np.abs(logits["int8"] - logits["int8-dyn"]).max()
