@@ -118,19 +118,17 @@ class Gemma(nnx.Module):
 
 
 @functools.cache
-def abstract_model(config: ModelConfig) -> Gemma:
-    """`Gemma(config)` with `jax.ShapeDtypeStruct`s for parameters: nothing is allocated."""
-    return nnx.eval_shape(lambda: Gemma(config, key=jax.random.key(0)))
+def abstract_model(config: ModelConfig, projection: Projection = AS_IS) -> Gemma:
+    """`Gemma(config, projection=projection)` with `jax.ShapeDtypeStruct`s for parameters:
+    nothing is allocated."""
+    return nnx.eval_shape(lambda: Gemma(config, key=jax.random.key(0), projection=projection))
 
 
 @functools.cache
 def graphdef(config: ModelConfig, projection: Projection = AS_IS) -> nnx.GraphDef:
     """The static structure of `Gemma(config, projection=projection)`; with a `Params` dict it
     makes the module."""
-    if projection == AS_IS:
-        return nnx.graphdef(abstract_model(config))
-    return nnx.graphdef(nnx.eval_shape(lambda: Gemma(config, key=jax.random.key(0),
-                                                     projection=projection)))
+    return nnx.graphdef(abstract_model(config, projection))
 
 
 def abstract_params(config: ModelConfig) -> Params:
