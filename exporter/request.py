@@ -149,7 +149,7 @@ class ExportRequest:
     @property
     def calibrated(self) -> bool:
         """Whether the recipe runs the model before rounding (its weights must be in memory)."""
-        return self.recipe is not None and self.recipe.method != "rtn"
+        return self.recipe is not None and self.recipe.calibrated
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str,
     has one for are rounded by GPTQ, the rest (the table) to nearest. A recipe that keeps the
     checkpoint's grids needs its `sources` (`read_sources`)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    if recipe.method == "gptq" and hessians is None:
+    if recipe.calibrated and hessians is None:
         raise GemmaforgeError(f"recipe {recipe.name} is calibrated: run quantize.calibrate "
                               "first")
     if recipe.uses_source and sources is None:
@@ -66,7 +66,7 @@ def apply(weights: Iterable[tuple[str, np.ndarray]], recipe: Recipe | str,
             out[name] = weight
         elif spec == FLOAT16:
             out[name] = weight.astype(np.float16)
-        elif recipe.method == "gptq" and name in hessians:
+        elif recipe.calibrated and name in hessians:
             out[name] = _gptq_tensor(name, weight, spec, hessians[name])
         else:
             out[name] = quantize_tensor(name, weight, spec, in_axes(name))
@@ -88,7 +88,7 @@ def _gptq_tensor(name: str, weight: np.ndarray, spec: QuantSpec,
 def calibrate(recipe: Recipe, config, params, tokenizer) -> dict[str, np.ndarray] | None:
     """The calibration statistics a recipe needs (None for round-to-nearest recipes): each
     projection's H = X^T X on the committed sample, from the float32 `params`."""
-    if recipe.method != "gptq":
+    if not recipe.calibrated:
         return None
     from quantize.calibration import TEXT
     from quantize.gptq import hessians
@@ -177,7 +177,7 @@ def quantize_params(params: Params, recipe: Recipe | str, *, config=None, tokeni
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     sources = read_sources(recipe, checkpoint, config)
     hessians = None
-    if recipe.method != "rtn":
+    if recipe.calibrated:
         if config is None or tokenizer is None:
             raise GemmaforgeError(f"recipe {recipe.name} is calibrated: pass the model's config "
                                   "and tokenizer")

@@ -56,6 +56,12 @@ class Recipe:
     method: str = "rtn"
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the recipe rounds by GPTQ on calibration inputs (the model must run first,
+        with its weights in memory)."""
+        return self.method == "gptq"
+
+    @property
     def uses_source(self) -> bool:
         """Whether any tensor keeps the checkpoint's own grid (needs a quantized checkpoint)."""
         return self.default == SOURCE or any(spec == SOURCE for _, spec in self.rules)
