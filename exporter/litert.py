@@ -116,9 +116,8 @@ def convert_entry(config: ModelConfig, entry: EntryPoint, options: TraceOptions,
     names = sorted(specs)
     function = entry_function(config, entry, lowering)
     tokens, positions, cache = input_specs(config, entry, options.max_len)
-    weights = specs
     exported = jax_export.export(jax.jit(function, keep_unused=True),
-                                 platforms=("cpu",))(weights, tokens, positions, cache)
+                                 platforms=("cpu",))(specs, tokens, positions, cache)
     cache_names = sorted(kv_names(config))
     with context, ir.Location.unknown():
         module = ir.Module.parse(exported.mlir_module())
