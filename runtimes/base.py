@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -15,11 +15,13 @@ from runtimes.sampling import GREEDY, Sampler, SamplerConfig
 
 @dataclasses.dataclass(frozen=True)
 class TextRun:
-    """A text runner's continuation and the seconds its prefill and decode took."""
+    """A text runner's continuation and the seconds its prefill and decode took
+    (`first_token_seconds`: from the start to the first new text)."""
 
     text: str
     prefill_seconds: float
     decode_seconds: float
+    first_token_seconds: float = 0.0
 
 
 class Runner(Protocol):
@@ -51,6 +53,7 @@ class Generation:
       prefill_seconds: wall time of the prefill.
       decode_seconds: wall time of every decode step but the first (which may compile).
       timed_decode_steps: how many steps `decode_seconds` covers.
+      first_token_seconds: from the start of the prefill to the first new token picked.
     """
 
     prompt_ids: list[int]
@@ -59,6 +62,7 @@ class Generation:
     prefill_seconds: float
     decode_seconds: float
     timed_decode_steps: int
+    first_token_seconds: float = 0.0
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -116,8 +120,11 @@ def check_room(runner, prompt_tokens: int, max_new_tokens: int) -> None:
 
 
 def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
-             stop_ids: Sequence[int] = (), sampler: SamplerConfig = GREEDY) -> Generation:
-    """Prefills `prompt_ids`, then samples up to `max_new_tokens`, stopping at any `stop_ids`."""
+             stop_ids: Sequence[int] = (), sampler: SamplerConfig = GREEDY,
+             on_token: Callable[[int], None] | None = None) -> Generation:
+    """Prefills `prompt_ids`, then samples up to `max_new_tokens`, stopping at any `stop_ids`.
+    `on_token` sees each new token as soon as it is picked (the stop token too); an exception
+    it raises ends the generation there (how a caller cancels)."""
     if max_new_tokens < 0:
         raise GemmaforgeError(f"max new tokens must be >= 0, got {max_new_tokens}")
     if not prompt_ids:
@@ -130,11 +137,15 @@ def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
     prefill_seconds = time.perf_counter() - start
 
     generated: list[int] = []
-    decode_seconds, timed = 0.0, 0
+    decode_seconds, timed, first_token_seconds = 0.0, 0, 0.0
     stop_reason = "max_new_tokens"
     while len(generated) < max_new_tokens:
         token = pick(logits)
         generated.append(token)
+        if len(generated) == 1:
+            first_token_seconds = time.perf_counter() - start
+        if on_token is not None:
+            on_token(token)
         if token in stops:
             stop_reason = "stop_token"
             break
@@ -146,4 +157,4 @@ def generate(runner: Runner, prompt_ids: Sequence[int], max_new_tokens: int,
             decode_seconds += time.perf_counter() - start
             timed += 1
     return Generation(list(prompt_ids), generated, stop_reason, prefill_seconds, decode_seconds,
-                      timed)
+                      timed, first_token_seconds)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,11 @@ class LiteRTLMRunner:
             max_num_tokens=self.max_len, cache_dir=str(engine_cache_dir(path)),
             activation_data_type=litert_lm.ActivationDataType.FLOAT32)
 
-    def generate_text(self, prompt: str, max_new_tokens: int,
-                      sampler: SamplerConfig = GREEDY) -> TextRun:
+    def generate_text(self, prompt: str, max_new_tokens: int, sampler: SamplerConfig = GREEDY,
+                      on_text: Callable[[str], None] | None = None) -> TextRun:
         """The engine's continuation of `prompt` (it adds BOS and stops at the stop tokens),
-        with the seconds its prefill and decode took."""
+        with the seconds its prefill and decode took; `on_text` sees each piece the engine
+        streams, and an exception it raises cancels the rest."""
         if sampler.greedy:
             config = self._litert_lm.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0,
                                                    seed=sampler.seed)
@@ -119,7 +121,16 @@ class LiteRTLMRunner:
             start = time.perf_counter()
             session.run_prefill([prompt])
             prefilled = time.perf_counter()
-            text = session.run_decode().texts[0]
-            return TextRun(text, prefilled - start, time.perf_counter() - prefilled)
+            pieces: list[str] = []
+            first_token_seconds = 0.0
+            for response in session.run_decode_async():
+                piece = response.texts[0]
+                if not pieces:
+                    first_token_seconds = time.perf_counter() - start
+                pieces.append(piece)
+                if on_text is not None and piece:
+                    on_text(piece)
+            return TextRun("".join(pieces), prefilled - start, time.perf_counter() - prefilled,
+                           first_token_seconds)
         finally:
             session.close()
