@@ -8,7 +8,10 @@ Gemma special ids, the two turn markers, then one id per byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol
+
+from model_zoo.errors import GemmaforgeError
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
@@ -40,7 +43,23 @@ def chat_prompt(user_text: str) -> str:
 
     Gemma 1, 2 and 3 share it (the model ends its turn with `<end_of_turn>`).
     """
-    return f"{turn_start('user')}{user_text}{TURN_END}{turn_start('model')}"
+    return conversation_prompt([("user", user_text)])
+
+
+CHAT_ROLES = ("user", "model")
+
+
+def conversation_prompt(turns: Sequence[tuple[str, str]]) -> str:
+    """Turns `(role, text)` (role "user" or "model", the last one the user's) in the Gemma chat
+    format, ending where the model's next turn begins. Gemma has no system role: callers put a
+    system message at the start of the first user turn, as Gemma's own template does."""
+    for role, _ in turns:
+        if role not in CHAT_ROLES:
+            raise GemmaforgeError(f"unknown chat role {role!r}; roles: {', '.join(CHAT_ROLES)}")
+    if not turns or turns[-1][0] != "user":
+        raise GemmaforgeError("a conversation must end with a user turn for the model to answer")
+    body = "".join(f"{turn_start(role)}{text}{TURN_END}" for role, text in turns)
+    return f"{body}{turn_start('model')}"
 
 
 class ByteTokenizer:
