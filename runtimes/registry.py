@@ -82,6 +82,22 @@ def runtimes_for(artifact: Artifact) -> list[str]:
             and (name not in OPTIONAL_PARTS or OPTIONAL_PARTS[name][0] in formats[fmt])]
 
 
+# What `run`, `chat` and `serve` pick when no runtime is named: the first whose format the
+# directory holds. The generating engines first (what services and apps run), then XLA.
+GENERATION_PREFERENCE = ("ort-genai", "litert-lm", "stablehlo", "onnxruntime", "litert", "iree")
+
+
+def default_runtime(artifact: Artifact) -> str:
+    """The runtime to generate with when the user names none: the first of
+    GENERATION_PREFERENCE that this artifact can run."""
+    available = runtimes_for(artifact)
+    for name in GENERATION_PREFERENCE:
+        if name in available:
+            return name
+    raise GemmaforgeError(f"{artifact.root} holds no format a runtime can generate from; "
+                          "export it with --to stablehlo, onnx or litert")
+
+
 def make_runner(name: str, artifact: Artifact, *, threads: int | None = None):
     """A runner of `artifact` on runtime `name` (`threads`: CPU threads where it takes them)."""
     if name not in RUNTIMES:

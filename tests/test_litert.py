@@ -215,3 +215,9 @@ def test_lazy_random_weights_export_the_same_model(tmp_path):
     for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(eager.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert validate_artifact(tmp_path / "lazy", ["litert"], decode_steps=4)["passed"]
+
+
+def test_the_default_runtime_is_the_engine_of_the_formats_held(tiny_artifact):
+    from runtimes.registry import default_runtime
+
+    assert default_runtime(open_artifact(tiny_artifact("tiny-gemma1"))) == "litert-lm"
